@@ -1,0 +1,93 @@
+"""Atomic, durable file and directory writes: a reader never sees a half-written result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `target`; on success it is fsynced and renamed onto it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the suffix chain (.nii.gz, .seg.nrrd) so writers that choose a format by name still work.
+    suffix = "".join(target.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """Builds an output directory in a hidden staging folder and publishes it only on success.
+
+    `marker` is the file whose presence says "complete" (e.g. summary.json); it is moved last, so a
+    crash at any point leaves either the previous complete output or no marker at all.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        from .errors import InputError
+
+        raise InputError(f"output path {out_dir} exists and is not a directory; choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield stage
+        for f in stage.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if not out_dir.exists():
+            os.replace(stage, out_dir)
+        else:
+            # Re-running into an existing folder: drop the old marker first so it never vouches
+            # for a mixture of old and new files, then move the new files in, marker last.
+            old_marker = out_dir / marker
+            if old_marker.exists():
+                old_marker.unlink()
+            names = sorted(p.name for p in stage.iterdir() if p.name != marker)
+            for name in names + [marker]:
+                src = stage / name
+                if src.exists():
+                    os.replace(src, out_dir / name)
+        _fsync_dir(out_dir)
+        _fsync_dir(out_dir.parent)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)

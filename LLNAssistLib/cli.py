@@ -1,0 +1,229 @@
+"""The `llnassist` command line: thin; every command calls the library.
+
+Exit status: 0 success; 2 bad input or usage (one `error:` line on stderr, no traceback);
+1 unexpected internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: one line, exit 2
+        sys.stderr.write(f"error: {message}; see `{self.prog} --help`\n")
+        sys.exit(2)
+
+
+def _progress(quiet: bool):
+    def report(stage: str, fraction: float | None = None, detail: str = ""):
+        if quiet:
+            return
+        pct = f"{100 * fraction:5.1f}% " if fraction is not None else ""
+        sys.stderr.write(f"[llnassist] {pct}{stage}{(': ' + detail) if detail else ''}\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def cmd_phantom(a) -> int:
+    from . import phantom
+
+    ph = phantom.generate(a.seed, size=a.size, slices=a.slices, n_nodes=a.nodes)
+    phantom.write(ph, a.out)
+    t = ph.truth
+    print(f"phantom seed {a.seed}: {ph.image.shape[2]}x{ph.image.shape[1]}x{ph.image.shape[0]} voxels, "
+          f"{len(t['nodes'])} nodes, patient {t['patient_status']} -> {a.out}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .model.train import TrainConfig, export_weights, train
+
+    cfg = TrainConfig(out=a.out, n_cases=a.cases, first_seed=a.first_seed, seed=a.seed,
+                      iterations=a.iterations, batch=a.batch, patch=a.patch, lr=a.lr,
+                      device=a.device, workers=a.workers, max_seconds=a.max_seconds)
+    train(cfg, resume=not a.restart, log=lambda m: print(m, flush=True))
+    if a.export:
+        cmd = "llnassist " + " ".join(sys.argv[1:])
+        man = export_weights(a.out, a.export, a.model_id, a.model_version, cmd)
+        print(f"exported {man['id']} {man['version']} sha256 {man['sha256']} -> {a.export}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate_model
+
+    seeds = _parse_seeds(a.seeds)
+    res = evaluate_model(a.model, seeds, device=a.device, write_manifest=a.write_manifest,
+                         progress=_progress(a.quiet))
+    print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    out = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"cannot parse seeds {text!r}; use e.g. 900000-900019 or 5,6,7") from None
+    return out
+
+
+def cmd_analyze(a) -> int:
+    from .pipeline import AnalysisOptions, analyze
+
+    opts = AnalysisOptions(model=a.model, device=a.device, post_treatment=a.post_treatment,
+                           sex=a.sex, neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy),
+                           series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images)
+    summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet))
+    print(f"patient LLN status: {summary['patient_status']} ({summary['n_positive']} of {summary['n_nodes']} "
+          f"nodes positive, max short axis {summary['max_short_axis_mm']} mm) -> {a.out}")
+    return 0
+
+
+def _yesno(v):
+    return None if v is None else v == "yes"
+
+
+def cmd_measure(a) -> int:
+    from .pipeline import measure_file
+
+    rows = measure_file(a.labelmap)
+    cols = ["label", "short_axis_mm", "long_axis_mm", "volume_mm3"]
+    text = ",".join(cols) + "\n" + "".join(
+        ",".join(str(r[c]) if c == "label" else f"{r[c]:.3f}" for c in cols) + "\n" for r in rows)
+    if a.out:
+        from .atomic import write_text
+
+        write_text(a.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_radiomics(a) -> int:
+    from .pipeline import radiomics_file
+
+    res = radiomics_file(a.image, a.mask, label=a.label, engine=a.engine, sex=a.sex,
+                         neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy))
+    text = json.dumps(res, indent=2) + "\n"
+    if a.out:
+        from .atomic import write_text
+
+        write_text(a.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llnassist", description="Lateral lymph node assessment on axial T2-weighted MRI. "
+                "The bundled model was trained on synthetic phantoms only: not for clinical use.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    s = sub.add_parser("phantom", help="write a synthetic pelvic T2WI case with ground truth")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=int, help="in-plane matrix (default: random 320-450)")
+    s.add_argument("--slices", type=int, help="number of slices (default: random 24-40)")
+    s.add_argument("--nodes", type=int, help="number of nodes (default: random 0-6)")
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("analyze", help="find, classify, measure and score lateral lymph nodes")
+    s.add_argument("image", help="NIfTI/NRRD/MHA volume or DICOM series folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--model", default=None, help="bundled model id or model folder (default: bundled)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--series", help="DICOM SeriesInstanceUID or description, when a folder holds several")
+    s.add_argument("--post-treatment", action="store_true",
+                   help="restaging after neoadjuvant therapy: Lateral Node Consortium cut-offs")
+    s.add_argument("--sex", choices=["female", "male"], help="with --neoadjuvant-radiotherapy: clinical-radiomics score")
+    s.add_argument("--neoadjuvant-radiotherapy", choices=["yes", "no"])
+    s.add_argument("--no-radiomics", action="store_true", help="skip the radiomics score")
+    s.add_argument("--no-report-images", action="store_true", help="report without key images")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("measure", help="short/long axis and volume per label value of a label map")
+    s.add_argument("labelmap")
+    s.add_argument("--out", help="CSV path (default: stdout)")
+    s.set_defaults(func=cmd_measure)
+
+    s = sub.add_parser("radiomics", help="radiomics features and the seed-002 score of one mask")
+    s.add_argument("image")
+    s.add_argument("mask")
+    s.add_argument("--label", type=int, default=None, help="mask label value (default: all non-zero)")
+    s.add_argument("--engine", choices=["auto", "pyradiomics", "native"], default="auto")
+    s.add_argument("--sex", choices=["female", "male"])
+    s.add_argument("--neoadjuvant-radiotherapy", choices=["yes", "no"])
+    s.add_argument("--out", help="JSON path (default: stdout)")
+    s.set_defaults(func=cmd_radiomics)
+
+    s = sub.add_parser("train", help="train the segmentation model on phantoms (seeded, resumable)")
+    s.add_argument("--out", required=True, help="checkpoint folder (resumed if it holds a checkpoint)")
+    s.add_argument("--cases", type=int, default=120)
+    s.add_argument("--first-seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--iterations", type=int, default=4000)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--patch", type=int, default=192)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--workers", type=int, default=0, help="processes generating phantoms")
+    s.add_argument("--max-seconds", type=float, default=0.0, help="stop with a checkpoint after this long")
+    s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    s.add_argument("--export", help="write model.pt + manifest.json to this folder when done")
+    s.add_argument("--model-id", default="llnassist-phantom-dynunet25d")
+    s.add_argument("--model-version", default="1.0.0")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")
+    s.add_argument("--model", default=None)
+    s.add_argument("--seeds", default="900000-900019")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--write-manifest", action="store_true", help="store the results in the model manifest")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted; no output was published\n")
+        return 130
+    except Exception as exc:  # unexpected: keep the details for a bug report, but not on screen
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / "llnassist-crash.log"
+        try:
+            log.write_text(traceback.format_exc())
+            where = f"; details in {log}"
+        except OSError:
+            where = ""
+        sys.stderr.write(f"internal error: {exc.__class__.__name__}: {exc}{where}; please report it\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

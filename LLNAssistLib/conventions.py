@@ -1,0 +1,141 @@
+"""The one source of LLNAssist's conventions: label values, names, colours, codes, cut-offs.
+
+Everything else imports from here; nothing else defines a label value, colour or code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- label map values (model output and exported datasets) ---------------------------------
+BACKGROUND = 0
+INTERNAL_ILIAC = 1
+OBTURATOR = 2
+EXTERNAL_ILIAC = 3
+NODE_NEGATIVE = 4
+NODE_POSITIVE = 5
+
+REGION_LABELS = (INTERNAL_ILIAC, OBTURATOR, EXTERNAL_ILIAC)
+NODE_LABELS = (NODE_NEGATIVE, NODE_POSITIVE)
+NUM_CLASSES = 6
+
+REGION_CODE = {INTERNAL_ILIAC: "II", OBTURATOR: "OB", EXTERNAL_ILIAC: "EI"}
+REGION_LABEL_FROM_CODE = {v: k for k, v in REGION_CODE.items()}
+REGION_NAME = {"II": "Internal iliac", "OB": "Obturator", "EI": "External iliac"}
+
+STATUS_FROM_LABEL = {NODE_NEGATIVE: "negative", NODE_POSITIVE: "positive"}
+LABEL_FROM_STATUS = {v: k for k, v in STATUS_FROM_LABEL.items()}
+
+SIDES = ("left", "right")
+
+LABEL_NAMES = {
+    BACKGROUND: "background",
+    INTERNAL_ILIAC: "internal iliac region",
+    OBTURATOR: "obturator region",
+    EXTERNAL_ILIAC: "external iliac region",
+    NODE_NEGATIVE: "lymph node, negative",
+    NODE_POSITIVE: "lymph node, positive",
+}
+
+# Colours follow Figure 1 of seed 001 (RGB 0-255).
+LABEL_COLORS = {
+    INTERNAL_ILIAC: (220, 50, 47),
+    OBTURATOR: (50, 160, 60),
+    EXTERNAL_ILIAC: (150, 80, 190),
+    NODE_NEGATIVE: (40, 110, 230),
+    NODE_POSITIVE: (250, 210, 30),
+}
+
+
+def region_segment_name(region_code: str, side: str) -> str:
+    """'Internal iliac region (left)' etc., as in the DESIGN.md table."""
+    return f"{REGION_NAME[region_code]} region ({side})"
+
+
+def node_segment_name(node_id: str, status: str, side: str = "", region_code: str = "") -> str:
+    """'Node 3 (positive)' plus, when known, side and region: 'Node 3 (positive) left OB'."""
+    name = f"Node {node_id} ({status})"
+    extra = " ".join(x for x in (side, region_code) if x)
+    return f"{name} {extra}" if extra else name
+
+
+# --- terminology (DICOM, SCT) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Code:
+    value: str
+    scheme: str
+    meaning: str
+
+
+LYMPH_NODE = Code("59441001", "SCT", "Lymph node")
+ANATOMIC_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+TISSUE = Code("85756007", "SCT", "Tissue")
+REGION_SITE_CODE = {
+    "II": Code("69255009", "SCT", "Hypogastric lymph node"),
+    "OB": Code("36086000", "SCT", "Obturator lymph node"),
+    "EI": Code("65349008", "SCT", "External iliac lymph node"),
+}
+LATERALITY_CODE = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
+SHORT_AXIS_CODE = Code("103340004", "SCT", "Short axis")
+LONG_AXIS_CODE = Code("103339001", "SCT", "Long axis")
+# No standard code exists for a malignancy call or for the morphology features: private codes.
+PRIVATE_SCHEME = "99LLNASSIST"
+STATUS_CODE = {
+    "positive": Code("LLN-POS", PRIVATE_SCHEME, "Lymph node, suspicious for metastasis"),
+    "negative": Code("LLN-NEG", PRIVATE_SCHEME, "Lymph node, not suspicious for metastasis"),
+}
+
+# --- clinical cut-offs ------------------------------------------------------------------------
+# Primary staging (JSCCR, seed 001): short axis >= 7 mm.
+PRIMARY_SHORT_AXIS_MM = 7.0
+# Restaging after neoadjuvant therapy (Lateral Node Consortium): strictly greater than these.
+RESTAGING_SHORT_AXIS_MM = {"II": 4.0, "OB": 6.0}
+# Number of malignant morphology features (irregular border, heterogeneous signal) that make a
+# node suspicious regardless of size (seed 001).
+MALIGNANT_FEATURES_NEEDED = 2
+
+# --- radiomics (seed 002) ----------------------------------------------------------------------
+RADIOMICS_INTERCEPT = -3.129
+RADIOMICS_COEFFICIENTS = {
+    "original_glcm_InverseVariance": 17.75,
+    "original_ngtdm_Coarseness": -11.79,
+    "original_shape_Elongation": 1.349,
+    "original_glcm_MCC": -1.249,
+    "original_gldm_DependenceEntropy": 0.3133,
+    "original_gldm_LargeDependenceHighGrayLevelEmphasis": 0.00002075,
+}
+RADIOMICS_CUTOFF = -0.47
+CLINICAL_RADIOMICS_INTERCEPT = -3.6169
+CLINICAL_RADIOMICS_COEFFICIENTS = {
+    "original_glcm_InverseVariance": 17.57,
+    "original_ngtdm_Coarseness": -14.06,
+    "original_shape_Elongation": 1.638,
+    "original_glcm_MCC": -0.8323,
+    "original_gldm_DependenceEntropy": 0.3008,
+    "original_gldm_LargeDependenceHighGrayLevelEmphasis": 0.00002171,
+    "original_ngtdm_Complexity": 0.0000006628,
+}
+CLINICAL_COEFFICIENTS = {"sex_female": 0.4421, "neoadjuvant_radiotherapy": -0.2747}
+RADIOMICS_RESAMPLED_SPACING_MM = 1.0
+RADIOMICS_BIN_COUNT = 128
+
+# --- reader scale ------------------------------------------------------------------------------
+READER_SCALE = {
+    1: "definitely benign",
+    2: "probably benign",
+    3: "possibly malignant",
+    4: "probably malignant",
+    5: "definitely malignant",
+}
+
+# --- output contract ---------------------------------------------------------------------------
+NODES_CSV_COLUMNS = (
+    "node_id", "side", "region", "dl_status", "short_axis_mm", "long_axis_mm", "volume_mm3",
+    "centroid_r", "centroid_a", "centroid_s", "radiomics_score", "radiomics_probability",
+    "size_positive",
+)
+
+SYNTHETIC_MODEL_NOTICE = (
+    "The bundled model was trained only on synthetic pelvic phantoms generated by LLNAssist; "
+    "it has never seen patient data and is not for clinical use."
+)

@@ -1,0 +1,194 @@
+"""Volumes in and out with their physical geometry kept exactly; geometry helpers.
+
+Images are carried as SimpleITK images (LPS physical space, as ITK and DICOM); users see RAS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .errors import InputError
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def _describe(path: Path) -> str:
+    return str(path)
+
+
+def read_image(path: str | os.PathLike, series: Optional[str] = None, kind: str = "image") -> sitk.Image:
+    """Reads a 3D volume (NIfTI, NRRD, MHA) or a DICOM series folder; raises InputError if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{kind} {_describe(path)} does not exist; check the path")
+    if path.is_dir():
+        img = read_dicom_series(path, series)
+    else:
+        if path.stat().st_size == 0:
+            raise InputError(f"{kind} {_describe(path)} is empty (0 bytes); give a NIfTI, NRRD, MHA file "
+                             "or a DICOM series folder")
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            img = reader.Execute()
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            detail = next((ln for ln in first if "ERROR" in ln or "error" in ln.lower()), "")
+            hint = " (truncated or corrupt?)" if path.suffix in (".gz", ".nii", ".nrrd", ".mha") else ""
+            raise InputError(f"cannot read {kind} {_describe(path)}{hint}: not a readable NIfTI/NRRD/MHA "
+                             f"volume{(' - ' + detail[-120:]) if detail else ''}; re-export the file") from None
+    return check_volume(img, str(path), kind)
+
+
+def check_volume(img: sitk.Image, name: str, kind: str = "image") -> sitk.Image:
+    dim = img.GetDimension()
+    if dim == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise InputError(f"{kind} {name} is {dim}D {tuple(img.GetSize())}; LLNAssist needs one 3D axial "
+                         "volume (extract a single 3D volume first)")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{kind} {name} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "give a scalar (grey-level) volume")
+    if min(img.GetSize()) < 2:
+        raise InputError(f"{kind} {name} has size {tuple(img.GetSize())}: a single slice is 2D; give a 3D volume")
+    arr = sitk.GetArrayViewFromImage(img)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise InputError(f"{kind} {name} has {n} non-finite voxels (NaN/Inf); fix or mask them before analysis")
+    return img
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str:
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
+def list_dicom_series(folder: Path) -> list[dict]:
+    """One dict per series in `folder`: uid, description, files, axial (bool), t2 (bool guess)."""
+    out = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        r = sitk.ImageFileReader()
+        r.SetFileName(files[0])
+        r.LoadPrivateTagsOn()
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            continue
+        desc = _dicom_tag(r, "0008|103e")
+        orient = _dicom_tag(r, "0020|0037")
+        axial = False
+        try:
+            v = np.array([float(x) for x in orient.split("\\")])
+            normal = np.cross(v[:3], v[3:])
+            axial = abs(normal[2]) >= max(abs(normal[0]), abs(normal[1]))
+        except ValueError:
+            pass
+        text = (desc + " " + _dicom_tag(r, "0018|0024")).lower()
+        t2 = "t2" in text or "tse" in text or "fse" in text
+        out.append({"uid": uid, "description": desc, "files": list(files), "axial": bool(axial), "t2": t2})
+    return out
+
+
+def read_dicom_series(folder: Path, series: Optional[str]) -> sitk.Image:
+    all_series = list_dicom_series(folder)
+    if not all_series:
+        raise InputError(f"folder {folder} holds no readable DICOM series; give a DICOM series folder or a "
+                         "NIfTI/NRRD/MHA file")
+    if series:
+        chosen = [s for s in all_series if s["uid"] == series or s["description"] == series]
+        if not chosen:
+            names = "; ".join(f"{s['uid']} ({s['description']})" for s in all_series)
+            raise InputError(f"series {series!r} is not in {folder}; available: {names}")
+        pick = chosen[0]
+    else:
+        ranked = sorted(all_series, key=lambda s: (not (s["axial"] and s["t2"]), not s["axial"],
+                                                   -len(s["files"])))
+        best = [s for s in ranked if s["axial"] and s["t2"]]
+        if len(best) > 1:
+            names = "; ".join(f"{s['uid']} ({s['description']})" for s in best)
+            raise InputError(f"{folder} has several axial T2 series ({names}); choose one with --series UID")
+        pick = ranked[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(pick["files"])
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise InputError(f"cannot read DICOM series {pick['uid']} in {folder}; check the files are complete") \
+            from None
+
+
+def write_image(img: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), compress)
+
+
+# --- geometry --------------------------------------------------------------------------------------
+def direction_matrix(img: sitk.Image) -> np.ndarray:
+    return np.array(img.GetDirection(), dtype=float).reshape(3, 3)
+
+
+def index_to_lps(img: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """Continuous (i, j, k) indices (N x 3, ITK order) to LPS millimetres."""
+    ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+    d = direction_matrix(img)
+    sp = np.array(img.GetSpacing(), dtype=float)
+    return np.asarray(img.GetOrigin(), dtype=float) + (ijk * sp) @ d.T
+
+
+def index_to_ras(img: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    return index_to_lps(img, ijk) * LPS_TO_RAS
+
+
+def ras_to_index(img: sitk.Image, ras: np.ndarray) -> np.ndarray:
+    lps = np.atleast_2d(np.asarray(ras, dtype=float)) * LPS_TO_RAS
+    d = direction_matrix(img)
+    sp = np.array(img.GetSpacing(), dtype=float)
+    return ((lps - np.asarray(img.GetOrigin())) @ d) / sp
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=tol, atol=tol * 10)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def slice_axis(img: sitk.Image) -> int:
+    """ITK axis (0, 1, 2) whose direction is closest to superior-inferior: the acquired slice axis."""
+    d = direction_matrix(img)
+    return int(np.argmax(np.abs(d[2, :])))
+
+
+def to_axial_canonical(img: sitk.Image) -> sitk.Image:
+    """Permutes/flips axes (no resampling) so i runs towards patient left, j posterior, k superior
+    (closest LPS order): the acquired axial slices are then k = const. Every voxel keeps its physical
+    position; an oblique tilt is kept."""
+    return sitk.DICOMOrient(img, "LPS")
+
+
+def from_canonical(arr: np.ndarray, canon: sitk.Image, original: sitk.Image) -> sitk.Image:
+    """An array on the canonical grid (see to_axial_canonical) back on the original image's grid."""
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(canon)
+    orient = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(original.GetDirection())
+    out = sitk.DICOMOrient(img, orient)
+    out.CopyInformation(original)
+    return out
+
+
+def ijk_to_lps_matrix(img: sitk.Image) -> np.ndarray:
+    """4x4 homogeneous matrix from (i, j, k) to LPS millimetres."""
+    m = np.eye(4)
+    m[:3, :3] = direction_matrix(img) * np.array(img.GetSpacing())[None, :]
+    m[:3, 3] = img.GetOrigin()
+    return m

@@ -1,0 +1,111 @@
+"""Model manifests: what a model is, how it was trained, how well it did; checksum-verified loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from .. import conventions as C
+from ..atomic import write_text
+from ..errors import InputError
+
+MANIFEST = "manifest.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_MODELS = REPO_ROOT / "Resources" / "models"
+DEFAULT_MODEL_ID = "llnassist-phantom-dynunet25d"
+
+
+def new_manifest(model_id: str, version: str, sha256: str, arch: dict, target_spacing: float,
+                 train_config: dict, command: str, iterations_done: int, history: list) -> dict:
+    return {
+        "id": model_id,
+        "version": version,
+        "weights": "model.pt",
+        "sha256": sha256,
+        "framework": "MONAI DynUNet (PyTorch state dict, float16)",
+        "architecture": arch,
+        "input": {
+            "modality": "MR T2-weighted axial",
+            "channels": "2.5D: slice k-1, k, k+1 of the acquired axial slices",
+            "spacing_mm": [target_spacing, target_spacing, None],
+            "spacing_note": "in-plane resampled to this spacing; slices kept as acquired",
+            "normalisation": "z-score over the body mask (voxels > 0.2 x 99th percentile, largest "
+                             "component, holes filled), clipped to [-5, 5]",
+            "crop": "body bounding box + 6 mm",
+            "orientation": "axes permuted/flipped to the closest LPS order before inference (no resampling)",
+        },
+        "inference": {"roi_size": [256, 256], "overlap": 0.25, "blend": "gaussian", "mirroring": False},
+        "labels": {str(k): C.LABEL_NAMES[k] for k in range(C.NUM_CLASSES)},
+        "training_data": {
+            "description": "Synthetic pelvic T2WI phantoms from LLNAssistLib.phantom (no patient data): "
+                           f"seeds {train_config['first_seed']}..{train_config['first_seed'] + train_config['n_cases'] - 1}",
+            "synthetic": True,
+        },
+        "training": {"command": command, "config": train_config, "iterations": iterations_done,
+                     "loss_history": history[-20:]},
+        "evaluation": None,
+        "timings": {},
+        "notice": C.SYNTHETIC_MODEL_NOTICE,
+    }
+
+
+def write_manifest(model_dir: str | os.PathLike, manifest: dict) -> None:
+    write_text(Path(model_dir) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def available_models() -> list[str]:
+    if not BUNDLED_MODELS.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_MODELS.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve_model_dir(model: Optional[str]) -> Path:
+    """A model id (bundled) or a folder/manifest path -> the model folder; InputError if neither."""
+    if not model:
+        model = DEFAULT_MODEL_ID
+    p = Path(model)
+    if p.is_file() and p.name == MANIFEST:
+        return p.parent
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise InputError(f"model folder {p} has no {MANIFEST}; point --model to a folder made by "
+                             "`llnassist train` or to a bundled model id")
+        return p
+    if (BUNDLED_MODELS / model / MANIFEST).is_file():
+        return BUNDLED_MODELS / model
+    avail = ", ".join(available_models()) or "none"
+    raise InputError(f"unknown model {model!r}; give a bundled model id ({avail}) or a model folder path")
+
+
+def read_manifest(model_dir: Path) -> dict:
+    try:
+        man = json.loads((model_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {model_dir / MANIFEST}: {exc.__class__.__name__}; reinstall the model") \
+            from None
+    for key in ("id", "version", "weights", "sha256", "architecture", "input"):
+        if key not in man:
+            raise InputError(f"{model_dir / MANIFEST} lacks {key!r}; it is not an LLNAssist model manifest")
+    return man
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_weights_path(model_dir: Path, man: dict) -> Path:
+    w = model_dir / man["weights"]
+    if not w.is_file():
+        raise InputError(f"model weights {w} are missing; reinstall the model")
+    got = sha256_file(w)
+    if got != man["sha256"]:
+        raise InputError(f"model weights {w} fail their checksum (sha256 {got[:12]}... != manifest "
+                         f"{man['sha256'][:12]}...); the file is corrupt or was replaced - reinstall it")
+    return w

@@ -1,0 +1,244 @@
+"""analyze(): image -> segmentation -> nodes -> measurements -> radiomics -> outputs (atomically).
+
+Also the file-level entry points behind `llnassist measure` and `llnassist radiomics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from . import conventions as C
+from .atomic import staged_directory
+from .errors import InputError
+from .imageio import check_volume, from_canonical, index_to_ras, read_image, same_geometry, to_axial_canonical
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class AnalysisOptions:
+    model: Optional[str] = None
+    device: str = "auto"
+    post_treatment: bool = False
+    sex: Optional[str] = None
+    neoadjuvant_radiotherapy: Optional[bool] = None
+    series: Optional[str] = None
+    radiomics: bool = True
+    radiomics_engine: str = "auto"
+    key_images: bool = True
+
+
+def _noop(*_a, **_k):
+    return None
+
+
+def versions() -> dict:
+    import monai
+    import torch
+
+    out = {"llnassist": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "SimpleITK": sitk.Version_VersionString(), "torch": torch.__version__, "monai": monai.__version__}
+    try:
+        import radiomics
+
+        out["pyradiomics"] = radiomics.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _node_mask_image(labels: sitk.Image, canon: sitk.Image, node) -> sitk.Image:
+    arr = np.zeros(sitk.GetArrayViewFromImage(canon).shape, np.uint8)
+    arr[node.voxels] = 1
+    m = sitk.GetImageFromArray(arr)
+    m.CopyInformation(canon)
+    return m
+
+
+def run_radiomics(image_canon: sitk.Image, labels_canon: sitk.Image, nodes, opts: AnalysisOptions,
+                  progress: Progress = _noop) -> str:
+    """Fills node.radiomics for every node; returns the engine used."""
+    from . import radiomics as R
+
+    engine = "pyradiomics"
+    for idx, n in enumerate(nodes):
+        mask = _node_mask_image(labels_canon, labels_canon, n)
+        res = R.node_radiomics(image_canon, mask, label=1, engine=opts.radiomics_engine, sex=opts.sex,
+                               neoadjuvant_radiotherapy=opts.neoadjuvant_radiotherapy)
+        engine = res["engine"]
+        n.radiomics = res
+        progress("radiomics", (idx + 1) / len(nodes), f"node {idx + 1}/{len(nodes)}")
+    return engine
+
+
+def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, image_canon_arr: np.ndarray) -> np.ndarray:
+    """Per voxel: True where the voxel lies left of the mid-sagittal plane (for region segments)."""
+    from .model.preprocess import body_mask
+    from .nodes import _midline_r
+
+    left = np.zeros(labels_canon_arr.shape, bool)
+    body = body_mask(image_canon_arr)
+    regions = np.isin(labels_canon_arr, C.REGION_LABELS)
+    kk, jj, ii = np.nonzero(regions)
+    if len(kk) == 0:
+        return left
+    r = index_to_ras(canon, np.column_stack([ii, jj, kk]))[:, 0]
+    mids = {k: _midline_r(body, regions, canon, int(k)) for k in np.unique(kk)}
+    left[kk, jj, ii] = r < np.array([mids[k] for k in kk])
+    return left
+
+
+def analyze(image_path, out_dir, opts: AnalysisOptions = AnalysisOptions(), progress: Progress = _noop) -> dict:
+    """The whole job; every output is published together, or nothing is."""
+    from .model.inference import load_model, segment
+    from .nodes import extract_nodes, patient_status
+
+    timings: dict = {}
+    t = time.perf_counter()
+    progress("load", 0.0, "reading image")
+    image = read_image(image_path, series=opts.series)
+    model = load_model(opts.model, opts.device)
+    timings["load"] = time.perf_counter() - t
+
+    progress("inference", 0.0, f"model {model.manifest['id']} on {model.device.type}")
+    seg_t: dict = {}
+    labels = segment(image, model, progress=progress, timings=seg_t)
+    timings.update({k: seg_t[k] for k in ("preprocess", "inference", "postprocess")})
+
+    t = time.perf_counter()
+    progress("measurement", 0.0, "nodes, regions, axes")
+    nodes = extract_nodes(labels, image, post_treatment=opts.post_treatment)
+    timings["measurement"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    image_canon = to_axial_canonical(image)
+    labels_canon = to_axial_canonical(labels)
+    engine = "none"
+    if opts.radiomics and nodes:
+        engine = run_radiomics(image_canon, labels_canon, nodes, opts, progress)
+    timings["radiomics"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("write", 0.0, "outputs")
+    summary = {
+        "patient_status": patient_status(nodes),
+        "n_nodes": len(nodes),
+        "n_positive": sum(n.dl_status == "positive" for n in nodes),
+        "max_short_axis_mm": round(max((n.short_axis_mm for n in nodes), default=0.0), 2),
+        "n_size_positive": sum(n.size_positive for n in nodes),
+        "n_criteria_positive": sum(bool(n.criteria.get("criteria_positive")) for n in nodes),
+        "post_treatment": opts.post_treatment,
+        "model": {"id": model.manifest["id"], "version": model.manifest["version"],
+                  "sha256": model.manifest["sha256"], "synthetic_training_data": True},
+        "device": model.device.type,
+        "radiomics_engine": engine,
+        "image": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()]},
+        "versions": versions(),
+        "notice": C.SYNTHETIC_MODEL_NOTICE,
+    }
+    if opts.sex is not None and opts.neoadjuvant_radiotherapy is not None:
+        summary["clinical"] = {"sex": opts.sex, "neoadjuvant_radiotherapy": opts.neoadjuvant_radiotherapy}
+    _write_outputs(Path(out_dir), image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t,
+                   progress)
+    return summary
+
+
+def nodes_csv(nodes) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(C.NODES_CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for n in nodes:
+        w.writerow(n.row())
+    return buf.getvalue()
+
+
+def node_details(n, canon: sitk.Image) -> dict:
+    d = n.row()
+    d.update({
+        "criteria": n.criteria, "border_irregularity": n.border_irregularity,
+        "signal_heterogeneity": n.signal_heterogeneity, "positive_voxel_fraction": n.positive_fraction,
+        "key_slice_ras_s": None,
+        "long_axis_ras": index_to_ras(canon, n.axes.long_ends_ijk).round(3).tolist(),
+        "short_axis_ras": index_to_ras(canon, n.axes.short_ends_ijk).round(3).tolist(),
+        "radiomics_features": n.radiomics.get("features", {}),
+    })
+    for k in ("clinical_radiomics_score", "clinical_radiomics_probability", "radiomics_positive"):
+        if k in n.radiomics:
+            d[k] = n.radiomics[k]
+    d["key_slice_ras_s"] = round(float(np.mean(np.array(d["long_axis_ras"])[:, 2])), 3)
+    return d
+
+
+def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t_write,
+                   progress):
+    from . import report, segfile
+    from .imageio import write_image
+
+    lab_arr = sitk.GetArrayFromImage(labels_canon)
+    img_arr = sitk.GetArrayFromImage(image_canon).astype(np.float32)
+    spacing = image_canon.GetSpacing()
+    with staged_directory(out_dir, marker="summary.json") as stage:
+        write_image(labels, stage / "labels.nii.gz")
+        (stage / "nodes.csv").write_text(nodes_csv(nodes))
+        (stage / "nodes.json").write_text(json.dumps([node_details(n, image_canon) for n in nodes], indent=2))
+        left = _region_side_volume(lab_arr, image_canon, img_arr)
+        present = {(C.REGION_CODE[r], s) for r in C.REGION_LABELS for s in C.SIDES
+                   if ((lab_arr == r) & (left == (s == "left"))).any()}
+        specs = segfile.segments_for(nodes, present)
+        ids = segfile.segment_id_volume(lab_arr, [(n.node_id, n.voxels) for n in nodes], left, specs)
+        segfile.write_segmentation(stage / "segmentation.seg.nrrd", from_canonical(ids, image_canon, image), specs)
+        images = {}
+        overview = None
+        if opts.key_images:
+            for n in nodes:
+                images[n.node_id] = report.key_image(img_arr, lab_arr, n, spacing)
+            k = max(nodes, key=lambda q: q.short_axis_mm).axes.key_slice if nodes else lab_arr.shape[0] // 2
+            overview = report.overview_image(img_arr, lab_arr, k, spacing)
+        timings["write"] = time.perf_counter() - t_write
+        summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        summary["timings_s"]["total"] = round(sum(timings.values()), 3)
+        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview))
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    progress("done", 1.0, str(out_dir))
+
+
+# --- file-level commands --------------------------------------------------------------------------
+def measure_file(path) -> list[dict]:
+    from .measure import measure_labelmap
+
+    img = read_image(path, kind="label map")
+    arr = sitk.GetArrayViewFromImage(img)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0):
+        raise InputError(f"label map {path} has non-integer values; give a label map (integer labels), not an image")
+    if not np.any(arr):
+        raise InputError(f"label map {path} is empty (all zero); nothing to measure")
+    canon = to_axial_canonical(img)
+    return measure_labelmap(sitk.GetArrayFromImage(canon).astype(np.int64), canon.GetSpacing())
+
+
+def radiomics_file(image_path, mask_path, label: Optional[int] = None, engine: str = "auto",
+                   sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None) -> dict:
+    from . import radiomics as R
+
+    image = read_image(image_path)
+    mask = read_image(mask_path, kind="mask")
+    if not same_geometry(image, mask):
+        raise InputError(f"mask {mask_path} does not match the image geometry (size {mask.GetSize()} vs "
+                         f"{image.GetSize()}, or spacing/origin/direction differ); resample the mask onto the image")
+    mask = check_volume(mask, str(mask_path), "mask")
+    res = R.node_radiomics(image, mask, label=label, engine=engine, sex=sex,
+                           neoadjuvant_radiotherapy=neoadjuvant_radiotherapy)
+    return {"features": res["features"], "radiomics_score": res["radiomics_score"],
+            "radiomics_probability": res["radiomics_probability"], "radiomics_positive": res["radiomics_positive"],
+            "engine": res["engine"], **{k: v for k, v in res.items() if k.startswith("clinical_")}}
