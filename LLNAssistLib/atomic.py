@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -37,6 +43,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
@@ -70,9 +77,12 @@ def staged_directory(out_dir: str | os.PathLike, marker: str) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         yield stage
+        mask = _umask()
+        os.chmod(stage, 0o777 & ~mask)
         for f in stage.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, 0o666 & ~mask)
         if not out_dir.exists():
             os.replace(stage, out_dir)
         else:

@@ -64,6 +64,10 @@ def cmd_evaluate(a) -> int:
     seeds = _parse_seeds(a.seeds)
     res = evaluate_model(a.model, seeds, device=a.device, write_manifest=a.write_manifest,
                          progress=_progress(a.quiet))
+    if a.out:
+        from .atomic import write_text
+
+        write_text(a.out, json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps(res["summary"], indent=2))
     return 0
 
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series", help="DICOM SeriesInstanceUID or description, when a folder holds several")
     s.add_argument("--post-treatment", action="store_true",
                    help="restaging after neoadjuvant therapy: Lateral Node Consortium cut-offs")
-    s.add_argument("--sex", choices=["female", "male"], help="with --neoadjuvant-radiotherapy: clinical-radiomics score")
+    s.add_argument("--sex", choices=["female", "male"],
+                   help="with --neoadjuvant-radiotherapy: also the clinical-radiomics score")
     s.add_argument("--neoadjuvant-radiotherapy", choices=["yes", "no"])
     s.add_argument("--no-radiomics", action="store_true", help="skip the radiomics score")
     s.add_argument("--no-report-images", action="store_true", help="report without key images")
@@ -195,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="900000-900019")
     s.add_argument("--device", default="auto")
     s.add_argument("--write-manifest", action="store_true", help="store the results in the model manifest")
+    s.add_argument("--out", help="JSON file with the per-case results")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_evaluate)
     return p

@@ -5,6 +5,7 @@ Images are carried as SimpleITK images (LPS physical space, as ITK and DICOM); u
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -35,17 +36,63 @@ def read_image(path: str | os.PathLike, series: Optional[str] = None, kind: str 
             raise InputError(f"{kind} {_describe(path)} is empty (0 bytes); give a NIfTI, NRRD, MHA file "
                              "or a DICOM series folder")
         try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            img = reader.Execute()
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            detail = next((ln for ln in first if "ERROR" in ln or "error" in ln.lower()), "")
-            hint = " (truncated or corrupt?)" if path.suffix in (".gz", ".nii", ".nrrd", ".mha") else ""
-            raise InputError(f"cannot read {kind} {_describe(path)}{hint}: not a readable NIfTI/NRRD/MHA "
-                             f"volume{(' - ' + detail[-120:]) if detail else ''}; re-export the file") from None
+            with _quiet_native_stderr():
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                img = reader.Execute()
+        except RuntimeError:
+            raise InputError(f"cannot read {kind} {_describe(path)}: not a readable NIfTI/NRRD/MHA volume "
+                             "(wrong format, truncated or corrupt); export it again") from None
+        _check_complete(path, img, kind)
     return check_volume(img, str(path), kind)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """ITK/MetaIO print to the C stderr on bad files; the user gets our one-line error instead."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_complete(path: Path, img: sitk.Image, kind: str) -> None:
+    """NIfTI payload checks that ITK skips: a truncated .nii.gz reads as zero-filled, and NaN/Inf
+    voxels are silently replaced by 0. Both would give a wrong analysis instead of an error."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error):
+        data = b""
+    nbytes = img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+    if len(data) < 348 + nbytes:
+        raise InputError(f"{kind} {path} is truncated or corrupt (its data ends early); copy or export it again")
+    endian = "<" if int.from_bytes(data[0:4], "little") == 348 else ">"
+    datatype = int(np.frombuffer(data[70:72], dtype=endian + "i2")[0])
+    offset = int(np.frombuffer(data[108:112], dtype=endian + "f4")[0])
+    floats = {16: "f4", 64: "f8"}  # NIfTI DT_FLOAT32, DT_FLOAT64
+    if datatype in floats and offset >= 348:
+        payload = np.frombuffer(data, dtype=endian + floats[datatype], offset=offset,
+                                count=img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel())
+        bad = int((~np.isfinite(payload)).sum())
+        if bad:
+            raise InputError(f"{kind} {path} has {bad} non-finite voxels (NaN/Inf); fix or mask them before analysis")
 
 
 def check_volume(img: sitk.Image, name: str, kind: str = "image") -> sitk.Image:

@@ -27,7 +27,7 @@ SHELL_MM = 3.0
 # signal heterogeneity = coefficient of variation of the signal inside the node on the key slice,
 # rim pixels excluded.
 IRREGULARITY_THRESHOLD = 0.09
-HETEROGENEITY_THRESHOLD = 0.14
+HETEROGENEITY_THRESHOLD = 0.12
 
 
 @dataclass
@@ -199,7 +199,8 @@ def _nearest_region(lab: np.ndarray, region_mask: np.ndarray, node: np.ndarray) 
 def criteria(node: Node, post_treatment: bool) -> dict:
     size_pos, rule = size_criterion(node.short_axis_mm, node.region, post_treatment)
     irregular = bool(node.border_irregularity >= IRREGULARITY_THRESHOLD)
-    heterogeneous = bool(np.isfinite(node.signal_heterogeneity) and node.signal_heterogeneity >= HETEROGENEITY_THRESHOLD)
+    het = node.signal_heterogeneity
+    heterogeneous = bool(np.isfinite(het) and het >= HETEROGENEITY_THRESHOLD)
     n_features = int(irregular) + int(heterogeneous)
     return {
         "size_positive": bool(size_pos), "size_rule": rule,

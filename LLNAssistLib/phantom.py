@@ -273,7 +273,9 @@ def generate(seed: int, size: int | None = None, slices: int | None = None,
     rng = np.random.default_rng(seed)
     n = int(size) if size else int(rng.integers(320, 451))
     nz = int(slices) if slices else int(rng.integers(24, 41))
-    sx = float(spacing) if spacing else float(rng.uniform(max(0.55, 240.0 / n), 0.8))
+    # Keep a field of view >= 240 mm so both sidewalls are in view; a small matrix gets bigger pixels.
+    lo = max(0.55, 240.0 / n)
+    sx = float(spacing) if spacing else float(rng.uniform(lo, max(0.8, lo)))
     sz = float(rng.uniform(3.0, 4.0))
     fov = n * sx
     body = (min(0.47 * fov, rng.uniform(150, 172)), min(0.40 * fov, rng.uniform(100, 118)))
@@ -290,7 +292,7 @@ def generate(seed: int, size: int | None = None, slices: int | None = None,
     zc = (np.arange(nz) - (nz - 1) / 2) * sz
     count = int(n_nodes) if n_nodes is not None else int(rng.integers(0, 7))
     designs, placed = [], []
-    for idx in range(count):
+    for _ in range(count):
         status = "positive" if rng.random() < 0.4 else "negative"
         d = _design_node(rng, status, sz)
         for _ in range(300):

@@ -99,8 +99,9 @@ def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, image_c
     return left
 
 
-def analyze(image_path, out_dir, opts: AnalysisOptions = AnalysisOptions(), progress: Progress = _noop) -> dict:
+def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progress: Progress = _noop) -> dict:
     """The whole job; every output is published together, or nothing is."""
+    opts = opts or AnalysisOptions()
     from .model.inference import load_model, segment
     from .nodes import extract_nodes, patient_status
 

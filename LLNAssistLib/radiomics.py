@@ -37,7 +37,7 @@ def _crop_box(mask_arr: np.ndarray, spacing: tuple, margin_mm: float):
     lo = [max(0, ii.min() - m[0]), max(0, jj.min() - m[1]), max(0, kk.min() - m[2])]
     shape = mask_arr.shape[::-1]
     hi = [min(shape[0], ii.max() + 1 + m[0]), min(shape[1], jj.max() + 1 + m[1]), min(shape[2], kk.max() + 1 + m[2])]
-    return [int(v) for v in lo], [int(h - l) for h, l in zip(hi, lo)]
+    return [int(v) for v in lo], [int(h - low) for h, low in zip(hi, lo)]
 
 
 def preprocess(image: sitk.Image, mask: sitk.Image, label: Optional[int] = None):

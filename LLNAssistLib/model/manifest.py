@@ -40,8 +40,8 @@ def new_manifest(model_id: str, version: str, sha256: str, arch: dict, target_sp
         "inference": {"roi_size": [256, 256], "overlap": 0.25, "blend": "gaussian", "mirroring": False},
         "labels": {str(k): C.LABEL_NAMES[k] for k in range(C.NUM_CLASSES)},
         "training_data": {
-            "description": "Synthetic pelvic T2WI phantoms from LLNAssistLib.phantom (no patient data): "
-                           f"seeds {train_config['first_seed']}..{train_config['first_seed'] + train_config['n_cases'] - 1}",
+            "description": "Synthetic pelvic T2WI phantoms from LLNAssistLib.phantom (no patient data): seeds "
+                           f"{train_config['first_seed']}..{train_config['first_seed'] + train_config['n_cases'] - 1}",
             "synthetic": True,
         },
         "training": {"command": command, "config": train_config, "iterations": iterations_done,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import conventions as C
 from . import network
-from .preprocess import prepare, resample_inplane, stack25d
+from .preprocess import prepare, resample_inplane
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""Shared fixtures: real files on disk, the real `llnassist` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Seeds >= 900000 are never used for training (training uses 1..300).
+UNSEEN_SEED = 910001
+
+
+def run_cli(*args, check_rc=None, timeout=900):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, "-m", "LLNAssistLib.cli", *map(str, args)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if check_rc is not None:
+        assert p.returncode == check_rc, f"rc {p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    from LLNAssistLib import phantom
+
+    return phantom.generate(UNSEEN_SEED, size=256, slices=24, n_nodes=4)
+
+
+@pytest.fixture(scope="session")
+def small_case(tmp_path_factory, small_phantom):
+    from LLNAssistLib import phantom
+
+    d = tmp_path_factory.mktemp("case")
+    phantom.write(small_phantom, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def analyzed(tmp_path_factory, small_case):
+    """`llnassist analyze` run once on the unseen phantom (CPU), shared by the output tests."""
+    out = tmp_path_factory.mktemp("analyzed") / "out"
+    p = run_cli("analyze", small_case / "image.nii.gz", "--out", out, "--device", "cpu", check_rc=0)
+    return out, p
