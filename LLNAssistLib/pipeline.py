@@ -58,7 +58,7 @@ def versions() -> dict:
     return out
 
 
-def _node_mask_image(labels: sitk.Image, canon: sitk.Image, node) -> sitk.Image:
+def _node_mask_image(canon: sitk.Image, node) -> sitk.Image:
     arr = np.zeros(sitk.GetArrayViewFromImage(canon).shape, np.uint8)
     arr[node.voxels] = 1
     m = sitk.GetImageFromArray(arr)
@@ -73,7 +73,7 @@ def run_radiomics(image_canon: sitk.Image, labels_canon: sitk.Image, nodes, opts
 
     engine = "pyradiomics"
     for idx, n in enumerate(nodes):
-        mask = _node_mask_image(labels_canon, labels_canon, n)
+        mask = _node_mask_image(labels_canon, n)
         res = R.node_radiomics(image_canon, mask, label=1, engine=opts.radiomics_engine, sex=opts.sex,
                                neoadjuvant_radiotherapy=opts.neoadjuvant_radiotherapy)
         engine = res["engine"]

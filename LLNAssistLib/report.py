@@ -69,7 +69,7 @@ def key_image(image: np.ndarray, labels: np.ndarray, node, spacing: tuple, half_
     ax.set_xlim(i0 - 0.5, i1 - 0.5)
     ax.set_ylim(j1 - 0.5, j0 - 0.5)
     ax.set_axis_off()
-    ax.text(0.02, 0.02, f"slice {k}  R", transform=ax.transAxes, color="w", fontsize=7)
+    ax.text(0.02, 0.02, f"slice {k}", transform=ax.transAxes, color="w", fontsize=7)
     return _png(fig)
 
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -212,6 +211,11 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         p = (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
         return 1e-5 + 0.5 * (cfg.lr - 1e-5) * (1 + math.cos(math.pi * p))
 
+    def save_checkpoint(iteration):
+        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                      "iteration": iteration, "config": json.dumps(asdict(cfg)), "history": json.dumps(history)},
+                     ckpt_path)
+
     model.train()
     t0 = time.time()
     run_loss = 0.0
@@ -233,17 +237,13 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             log(f"iteration {done}/{cfg.iterations} loss {run_loss / 50:.4f} "
                 f"({(done - start) / (time.time() - t0):.2f} it/s)")
             run_loss = 0.0
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or (stop_after and done - start >= stop_after):
-            _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "generator": gen.get_state(), "iteration": done,
-                          "config": json.dumps(asdict(cfg)), "history": json.dumps(history)}, ckpt_path)
-        if stop_after and done - start >= stop_after:
-            break
-        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds and done < cfg.iterations:
-            _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "generator": gen.get_state(), "iteration": done,
-                          "config": json.dumps(asdict(cfg)), "history": json.dumps(history)}, ckpt_path)
+        stopping = bool(stop_after and done - start >= stop_after)
+        out_of_time = bool(cfg.max_seconds and time.time() - t0 > cfg.max_seconds and done < cfg.iterations)
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or stopping or out_of_time:
+            save_checkpoint(done)
+        if out_of_time:
             log(f"time budget reached at iteration {done}; resume with the same command")
+        if stopping or out_of_time:
             break
     return out
 
@@ -274,11 +274,3 @@ def export_weights(ckpt_dir: str | os.PathLike, model_dir: str | os.PathLike, mo
                          iterations_done=int(ck["iteration"]), history=json.loads(ck["history"]))
     M.write_manifest(model_dir, man)
     return man
-
-
-def main_train(argv_cfg: TrainConfig, resume: bool, export_to: Optional[str], model_id: str, version: str):
-    cmd = " ".join(["llnassist"] + sys.argv[1:])
-    train(argv_cfg, resume=resume)
-    if export_to:
-        return export_weights(argv_cfg.out, export_to, model_id, version, cmd)
-    return None
