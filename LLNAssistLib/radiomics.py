@@ -113,15 +113,20 @@ def score(features: dict, sex: Optional[str] = None, neoadjuvant_radiotherapy: O
 
 def node_radiomics(image: sitk.Image, mask: sitk.Image, label: Optional[int] = None, engine: str = "auto",
                    sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None) -> dict:
+    """Features and scores of one node. `auto` prefers PyRadiomics (all 107 features) when importable,
+    else the native implementation (the seven features the scores use); the score is the same."""
     if engine not in ("auto", "pyradiomics", "native"):
         raise InputError(f"unknown radiomics engine {engine!r}; use auto, pyradiomics or native")
-    if engine == "native" or (engine == "auto" and not pyradiomics_available()):
-        raise InputError("the native radiomics engine is not available in this version; install PyRadiomics "
-                         "(the set-up script does) and use --engine auto or pyradiomics")
-    if not pyradiomics_available():
-        raise InputError("PyRadiomics is not installed; run the set-up script or use --engine auto")
+    if engine == "pyradiomics" and not pyradiomics_available():
+        raise InputError("PyRadiomics is not installed here; run the set-up script, or use --engine native")
+    use = "pyradiomics" if engine == "pyradiomics" or (engine == "auto" and pyradiomics_available()) else "native"
     img, msk = preprocess(image, mask, label)
-    feats = _pyradiomics_features(img, msk)
-    out = {"engine": "pyradiomics", "features": feats}
+    if use == "pyradiomics":
+        feats = _pyradiomics_features(img, msk)
+    else:
+        from .radiomics_native import features as native_features
+
+        feats = native_features(img, msk, label=1)
+    out = {"engine": use, "features": feats}
     out.update(score(feats, sex, neoadjuvant_radiotherapy))
     return out

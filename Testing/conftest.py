@@ -24,6 +24,15 @@ def run_cli(*args, check_rc=None, timeout=900):
 
 
 @pytest.fixture(scope="session")
+def reference_dir():
+    """../shared/reference-data beside the checkout (as CI has it)."""
+    d = REPO.parent / "shared" / "reference-data"
+    if not d.is_dir():
+        pytest.fail(f"reference data not found at {d}: link shared/ beside the checkout")
+    return d
+
+
+@pytest.fixture(scope="session")
 def small_phantom():
     from LLNAssistLib import phantom
 

@@ -84,6 +84,40 @@ def test_features_are_pyradiomics_with_the_seed002_settings(small_case, small_ph
         assert ours[k] == pytest.approx(v, rel=1e-9), k
 
 
-def test_native_engine_is_refused_clearly(small_case, tmp_path):
-    p = run_cli("radiomics", small_case / "image.nii.gz", small_case / "labels.nii.gz", "--engine", "native")
-    assert p.returncode == 2 and p.stderr.startswith("error: ") and "native" in p.stderr
+REF = "radiomics/pyradiomics"
+
+
+@pytest.mark.parametrize("case", ["brain1", "prostate_phantom_subvolume"])
+def test_native_features_equal_pyradiomics_on_reference_data(case, reference_dir):
+    """PyRadiomics' own test images, bin count 128, label 1: the seven score features agree to 1e-6."""
+    import radiomics
+    from radiomics import featureextractor
+
+    from LLNAssistLib.radiomics_native import FEATURES, features
+
+    d = reference_dir / REF
+    img_name, lab_name = (("brain1_image.nrrd", "brain1_label.nrrd") if case == "brain1" else
+                          ("prostate_phantom_subvolume.nrrd", "prostate_phantom_subvolume-label.nrrd"))
+    img, lab = sitk.ReadImage(str(d / img_name)), sitk.ReadImage(str(d / lab_name))
+    radiomics.setVerbosity(50)
+    ext = featureextractor.RadiomicsFeatureExtractor(binCount=128)
+    ext.enableAllFeatures()
+    ref = {k: float(v) for k, v in ext.execute(img, lab, label=1).items() if k.startswith("original_")}
+    ours = features(img, lab, label=1)
+    assert set(ours) == set(FEATURES)
+    for k in FEATURES:
+        assert ours[k] == pytest.approx(ref[k], rel=1e-6), k
+
+
+def test_native_engine_gives_the_same_score_on_phantom_nodes(small_case, small_phantom, tmp_path):
+    for status in {n["status"] for n in small_phantom.truth["nodes"]}:
+        label = 5 if status == "positive" else 4
+        res = {}
+        for engine in ("pyradiomics", "native"):
+            run_cli("radiomics", small_case / "image.nii.gz", small_case / "labels.nii.gz", "--label", label,
+                    "--engine", engine, "--out", tmp_path / f"{engine}.json", check_rc=0)
+            res[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+        assert res["native"]["engine"] == "native" and len(res["native"]["features"]) == 7
+        for k, v in res["native"]["features"].items():
+            assert v == pytest.approx(res["pyradiomics"]["features"][k], rel=1e-6), k
+        assert res["native"]["radiomics_score"] == pytest.approx(res["pyradiomics"]["radiomics_score"], rel=1e-6)
