@@ -18,10 +18,11 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scipy import ndimage  # noqa: E402
+
 from LLNAssistLib import phantom  # noqa: E402
 from LLNAssistLib import radiomics as R  # noqa: E402
 from LLNAssistLib.radiomics_native import features as native  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 
 def main():

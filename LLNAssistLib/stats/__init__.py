@@ -1,0 +1,1 @@
+"""Statistics for reader studies and cohorts (no imaging imports)."""
