@@ -82,7 +82,7 @@ def size_criterion(short_axis_mm: float, region: str, post_treatment: bool) -> t
     return short_axis_mm >= C.PRIMARY_SHORT_AXIS_MM, f"short axis >= {C.PRIMARY_SHORT_AXIS_MM:g} mm"
 
 
-def _midline_r(body: Optional[np.ndarray], regions: np.ndarray, canon: sitk.Image, k: int) -> float:
+def midline_r(body: Optional[np.ndarray], regions: np.ndarray, canon: sitk.Image, k: int) -> float:
     """R coordinate of the mid-sagittal plane on slice k: centre of the body's left-right extent,
     else the mean of the region voxels (both sides are labelled), else 0 (scanner isocentre)."""
     for mask in (body, regions):
@@ -119,8 +119,9 @@ def signal_heterogeneity(image2d: np.ndarray, mask2d: np.ndarray) -> float:
 
 
 def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_treatment: bool = False,
-                  min_volume_mm3: float = MIN_NODE_VOLUME_MM3) -> list[Node]:
-    """Node instances (connected components of the node labels) with everything but radiomics."""
+                  min_volume_mm3: float = MIN_NODE_VOLUME_MM3, body: Optional[np.ndarray] = None) -> list[Node]:
+    """Node instances (connected components of the node labels) with everything but radiomics.
+    `body` (canonical grid) may be passed when the caller already has it."""
     canon = to_axial_canonical(labels)
     lab = sitk.GetArrayFromImage(canon)
     img = sitk.GetArrayFromImage(to_axial_canonical(image)).astype(np.float32) if image is not None else None
@@ -129,8 +130,7 @@ def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_t
     node_mask = np.isin(lab, C.NODE_LABELS)
     comp, n = ndimage.label(node_mask, structure=np.ones((3, 3, 3), bool))
     region_mask = np.isin(lab, C.REGION_LABELS)
-    body = None
-    if img is not None:
+    if body is None and img is not None:
         from .model.preprocess import body_mask
 
         body = body_mask(img)
@@ -171,7 +171,7 @@ def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_t
         axes.short_ends_ijk = axes.short_ends_ijk + offset
         axes.long_ends_ijk = axes.long_ends_ijk + offset
         axes.key_slice += sl[0].start
-        mid = _midline_r(body, region_mask, canon, axes.key_slice)
+        mid = midline_r(body, region_mask, canon, axes.key_slice)
         side = "left" if centroid[0] < mid else "right"
         node = Node(0, side, region, status, axes, centroid, nvox, pos, voxels=full_idx)
         node.border_irregularity = border_irregularity(m[axes.key_slice - sl[0].start])

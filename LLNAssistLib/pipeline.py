@@ -82,19 +82,17 @@ def run_radiomics(image_canon: sitk.Image, labels_canon: sitk.Image, nodes, opts
     return engine
 
 
-def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, image_canon_arr: np.ndarray) -> np.ndarray:
+def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, body: np.ndarray) -> np.ndarray:
     """Per voxel: True where the voxel lies left of the mid-sagittal plane (for region segments)."""
-    from .model.preprocess import body_mask
-    from .nodes import _midline_r
+    from .nodes import midline_r
 
     left = np.zeros(labels_canon_arr.shape, bool)
-    body = body_mask(image_canon_arr)
     regions = np.isin(labels_canon_arr, C.REGION_LABELS)
     kk, jj, ii = np.nonzero(regions)
     if len(kk) == 0:
         return left
     r = index_to_ras(canon, np.column_stack([ii, jj, kk]))[:, 0]
-    mids = {k: _midline_r(body, regions, canon, int(k)) for k in np.unique(kk)}
+    mids = {k: midline_r(body, regions, canon, int(k)) for k in np.unique(kk)}
     left[kk, jj, ii] = r < np.array([mids[k] for k in kk])
     return left
 
@@ -119,11 +117,14 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     t = time.perf_counter()
     progress("measurement", 0.0, "nodes, regions, axes")
-    nodes = extract_nodes(labels, image, post_treatment=opts.post_treatment)
+    from .model.preprocess import body_mask
+
+    image_canon = to_axial_canonical(image)
+    body = body_mask(sitk.GetArrayViewFromImage(image_canon))
+    nodes = extract_nodes(labels, image, post_treatment=opts.post_treatment, body=body)
     timings["measurement"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    image_canon = to_axial_canonical(image)
     labels_canon = to_axial_canonical(labels)
     engine = "none"
     if opts.radiomics and nodes:
@@ -151,7 +152,7 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     if opts.sex is not None and opts.neoadjuvant_radiotherapy is not None:
         summary["clinical"] = {"sex": opts.sex, "neoadjuvant_radiotherapy": opts.neoadjuvant_radiotherapy}
     _write_outputs(Path(out_dir), image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t,
-                   progress)
+                   progress, body)
     return summary
 
 
@@ -169,7 +170,6 @@ def node_details(n, canon: sitk.Image) -> dict:
     d.update({
         "criteria": n.criteria, "border_irregularity": n.border_irregularity,
         "signal_heterogeneity": n.signal_heterogeneity, "positive_voxel_fraction": n.positive_fraction,
-        "key_slice_ras_s": None,
         "long_axis_ras": index_to_ras(canon, n.axes.long_ends_ijk).round(3).tolist(),
         "short_axis_ras": index_to_ras(canon, n.axes.short_ends_ijk).round(3).tolist(),
         "radiomics_features": n.radiomics.get("features", {}),
@@ -182,7 +182,7 @@ def node_details(n, canon: sitk.Image) -> dict:
 
 
 def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t_write,
-                   progress):
+                   progress, body):
     from . import report, segfile
     from .imageio import write_image
 
@@ -193,7 +193,7 @@ def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, node
         write_image(labels, stage / "labels.nii.gz")
         (stage / "nodes.csv").write_text(nodes_csv(nodes))
         (stage / "nodes.json").write_text(json.dumps([node_details(n, image_canon) for n in nodes], indent=2))
-        left = _region_side_volume(lab_arr, image_canon, img_arr)
+        left = _region_side_volume(lab_arr, image_canon, body)
         present = {(C.REGION_CODE[r], s) for r in C.REGION_LABELS for s in C.SIDES
                    if ((lab_arr == r) & (left == (s == "left"))).any()}
         specs = segfile.segments_for(nodes, present)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Optional
 
 import numpy as np
 
@@ -99,5 +98,5 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
     return out
 
 
-def analyze_file(path, out: Optional[str] = None) -> dict:
+def analyze_file(path) -> dict:
     return analyze_ratings(read_ratings(path))
