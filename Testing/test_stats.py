@@ -107,3 +107,31 @@ def test_bad_ratings_files(tmp_path, text, words):
     p = run_cli("study", "analyze", _write(tmp_path, text), "--out", tmp_path / "o.json")
     assert p.returncode == 2 and p.stderr.startswith("error: ") and words in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.json").exists()
+
+
+def test_kappa_sas_example():
+    from LLNAssistLib.stats.kappa import kappa_from_table
+
+    t = [[0, 4, 1], [0, 8, 0], [0, 1, 5]]
+    k = kappa_from_table(t)
+    assert round(k["kappa"], 4) == 0.4842 and round(k["ase"], 4) == 0.1380
+    assert [round(x, 4) for x in k["ci"]] == [0.2137, 0.7547]
+    w = kappa_from_table(t, "linear")
+    assert round(w["kappa"], 4) == 0.4701 and round(w["ase"], 4) == 0.1457
+    assert [round(x, 4) for x in w["ci"]] == [0.1845, 0.7558]
+
+
+def test_kappa_fixed_categories_and_study_output(vandyke):
+    from LLNAssistLib.stats.kappa import kappa
+
+    # identical ratings agree perfectly; on the fixed 1-5 scale, a 2-vs-5 disagreement is three steps,
+    # whereas a table built from the observed categories (1, 2, 5) would call it one step
+    assert kappa([1, 2, 3, 3], [1, 2, 3, 3], "quadratic")["kappa"] == pytest.approx(1.0)
+    a, b = [1, 1, 1, 2, 2, 5, 5], [2, 1, 1, 2, 5, 5, 2]
+    fixed = kappa(a, b, "linear")["kappa"]
+    observed = kappa(a, b, "linear", categories=(1, 2, 5))["kappa"]
+    assert fixed != pytest.approx(observed)
+    # Van Dyke: 5 readers -> 10 pairs per modality, each with three weightings
+    assert len(vandyke["kappa"]) == 20
+    row = vandyke["kappa"][0]
+    assert {"unweighted", "linear", "quadratic"} <= set(row) and -1 <= row["linear"]["kappa"] <= 1

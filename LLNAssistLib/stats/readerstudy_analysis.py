@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from ..errors import InputError
-from . import mrmc, roc
+from . import kappa, mrmc, roc
 
 COLUMNS = ("reader", "modality", "case", "truth", "rating")
 
@@ -74,6 +74,21 @@ def to_arrays(rows: list[dict]):
     return modalities, readers, cases, t, ratings
 
 
+def _reader_kappas(ratings: np.ndarray, readers: list, modalities: list) -> list[dict]:
+    """Between-reader Cohen's kappa per modality, categories fixed to the 1-5 reader scale."""
+    if not np.isin(ratings, kappa.READER_CATEGORIES).all():
+        return []  # continuous or other scales: kappa on the 1-5 scale does not apply
+    out = []
+    for i, m in enumerate(modalities):
+        for a in range(len(readers)):
+            for b in range(a + 1, len(readers)):
+                row = {"modality": m, "reader_a": readers[a], "reader_b": readers[b]}
+                for kind in ("unweighted", "linear", "quadratic"):
+                    row[kind] = kappa.kappa(ratings[i, a].astype(int), ratings[i, b].astype(int), kind)
+                out.append(row)
+    return out
+
+
 def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
     modalities, readers, cases, truth, ratings = to_arrays(rows)
     out: dict = {"modalities": {}, "readers": {}, "delong": [], "mrmc": {},
@@ -92,6 +107,7 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
             res = mrmc.obuchowski_rockette(ratings, truth, method, level)
             out["mrmc"][f"or_{method}"] = {k: res[k] for k in ("rrrc", "frrc", "rrfc", "var", "cov1", "cov2", "cov3")}
         out["mrmc"]["dbm"] = mrmc.dbm(ratings, truth)
+    out["kappa"] = _reader_kappas(ratings, readers, modalities)
     theta = mrmc.auc_matrix(ratings, truth)
     for i, m in enumerate(modalities):
         out["modalities"][m] = {"mean_auc": float(theta[i].mean())}
