@@ -135,3 +135,23 @@ def test_kappa_fixed_categories_and_study_output(vandyke):
     assert len(vandyke["kappa"]) == 20
     row = vandyke["kappa"][0]
     assert {"unweighted", "linear", "quadratic"} <= set(row) and -1 <= row["linear"]["kappa"] <= 1
+
+
+def test_operating_points_with_exact_intervals(vandyke, reference_dir):
+    from scipy.stats import binomtest
+
+    with open(reference_dir / "vandyke_mrmc.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["reader"] == "1" and r["modality"] == "1"]
+    truth = np.array([int(r["truth"]) for r in rows])
+    rating = np.array([float(r["rating"]) for r in rows])
+    got = {p["threshold"]: p for p in vandyke["readers"]["1"]["1"]["operating_points"]}
+    for th in (3.0, 4.0):
+        tp = int(((rating >= th) & (truth == 1)).sum())
+        tn = int(((rating < th) & (truth == 0)).sum())
+        p = got[th]
+        assert (p["tp"], p["tn"]) == (tp, tn) and p["tp"] + p["fn"] == 45 and p["tn"] + p["fp"] == 69
+        assert p["sensitivity"] == pytest.approx(tp / 45)
+        ci = binomtest(tp, 45).proportion_ci(0.95, method="exact")
+        assert p["sensitivity_ci"] == pytest.approx([ci.low, ci.high], abs=1e-12)
+        ci = binomtest(tn, 69).proportion_ci(0.95, method="exact")
+        assert p["specificity_ci"] == pytest.approx([ci.low, ci.high], abs=1e-12)

@@ -13,6 +13,8 @@ from ..errors import InputError
 from . import kappa, mrmc, roc
 
 COLUMNS = ("reader", "modality", "case", "truth", "rating")
+# On the 1-5 scale: >= 3 "possibly malignant" and >= 4 "probably malignant" called positive.
+OPERATING_THRESHOLDS = (3.0, 4.0)
 
 
 def read_ratings(path: str | os.PathLike) -> list[dict]:
@@ -99,7 +101,9 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
         out["readers"][rd] = {}
         for i, m in enumerate(modalities):
             a, v = float(d.aucs[i]), float(d.cov[i, i])
-            out["readers"][rd][m] = {"auc": a, "auc_var": v, "auc_ci": list(roc.auc_ci(a, v, level))}
+            out["readers"][rd][m] = {"auc": a, "auc_var": v, "auc_ci": list(roc.auc_ci(a, v, level)),
+                                     "operating_points": [roc.operating_point(ratings[i, j], truth, th, level)
+                                                          for th in OPERATING_THRESHOLDS]}
         test = roc.paired_test(ratings[0, j], ratings[1, j], truth, level)
         out["delong"].append({"reader": rd, "modality_a": modalities[0], "modality_b": modalities[1], **test})
     if len(readers) >= 2:

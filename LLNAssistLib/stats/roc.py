@@ -61,3 +61,27 @@ def paired_test(scores_a, scores_b, truth, level: float = 0.95) -> dict:
     p = float(2 * stats.norm.sf(abs(z)))
     q = stats.norm.ppf(0.5 + level / 2)
     return {"auc_diff": diff, "z": float(z), "p": p, "ci": [diff - q * np.sqrt(var), diff + q * np.sqrt(var)]}
+
+
+def exact_ci(k: int, n: int, level: float = 0.95) -> list:
+    """Clopper-Pearson interval for k successes in n trials."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return [lo, hi]
+
+
+def operating_point(scores, truth, threshold: float, level: float = 0.95) -> dict:
+    """Sensitivity, specificity and accuracy of calling `score >= threshold` positive, exact CIs."""
+    scores = np.asarray(scores, float)
+    truth = np.asarray(truth).astype(bool)
+    call = scores >= threshold
+    tp, fn = int((call & truth).sum()), int((~call & truth).sum())
+    tn, fp = int((~call & ~truth).sum()), int((call & ~truth).sum())
+    n = tp + fn + tn + fp
+    return {"threshold": threshold, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+            "sensitivity": tp / (tp + fn) if tp + fn else float("nan"), "sensitivity_ci": exact_ci(tp, tp + fn, level),
+            "specificity": tn / (tn + fp) if tn + fp else float("nan"), "specificity_ci": exact_ci(tn, tn + fp, level),
+            "accuracy": (tp + tn) / n if n else float("nan"), "accuracy_ci": exact_ci(tp + tn, n, level)}
