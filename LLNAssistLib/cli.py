@@ -135,9 +135,14 @@ def cmd_radiomics(a) -> int:
 
 def cmd_study_analyze(a) -> int:
     from .atomic import write_text
-    from .stats.readerstudy_analysis import analyze_file
+    from .stats import study_report
+    from .stats.readerstudy_analysis import analyze_ratings, read_ratings, to_arrays
 
-    res = analyze_file(a.ratings)
+    rows = read_ratings(a.ratings)
+    res = analyze_ratings(rows)
+    _, _, _, truth, ratings = to_arrays(rows)
+    html_path = a.html or str(Path(a.out).with_suffix(".html"))
+    write_text(html_path, study_report.build(res, ratings, truth))
     write_text(a.out, json.dumps(res, indent=2) + "\n")
     for m, v in res["modalities"].items():
         print(f"{m}: mean AUC {v['mean_auc']:.4f}")
@@ -215,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     s2 = st.add_parser("analyze", help="ROC/DeLong/OR-DBM MRMC analysis of a ratings CSV")
     s2.add_argument("ratings", help="CSV with columns reader,modality,case,truth,rating (two modalities)")
     s2.add_argument("--out", required=True, help="JSON results")
+    s2.add_argument("--html", help="HTML report (default: beside --out, same name, .html)")
     s2.set_defaults(func=cmd_study_analyze)
 
     s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")

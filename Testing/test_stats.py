@@ -155,3 +155,14 @@ def test_operating_points_with_exact_intervals(vandyke, reference_dir):
         assert p["sensitivity_ci"] == pytest.approx([ci.low, ci.high], abs=1e-12)
         ci = binomtest(tn, 69).proportion_ci(0.95, method="exact")
         assert p["specificity_ci"] == pytest.approx([ci.low, ci.high], abs=1e-12)
+
+
+def test_roc_curve_and_html_report(vandyke, tmp_path, reference_dir):
+    fpr, tpr = roc.roc_curve([1, 2, 3, 4], [0, 0, 1, 1])
+    assert list(fpr) == [0, 0, 0, 0.5, 1] and list(tpr) == [0, 0.5, 1, 1, 1]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc.auc([1, 2, 3, 4], [0, 0, 1, 1]))
+    # the report is written beside the JSON by default
+    run_cli("study", "analyze", reference_dir / "vandyke_mrmc.csv", "--out", tmp_path / "s.json", check_rc=0)
+    page = (tmp_path / "s.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # ROC curves, kappa heat map
+    assert "0.920 (" in page and "F(1, 15.26) = 4.456" in page

@@ -116,7 +116,3 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
     for i, m in enumerate(modalities):
         out["modalities"][m] = {"mean_auc": float(theta[i].mean())}
     return out
-
-
-def analyze_file(path) -> dict:
-    return analyze_ratings(read_ratings(path))

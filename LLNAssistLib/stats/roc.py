@@ -85,3 +85,13 @@ def operating_point(scores, truth, threshold: float, level: float = 0.95) -> dic
             "sensitivity": tp / (tp + fn) if tp + fn else float("nan"), "sensitivity_ci": exact_ci(tp, tp + fn, level),
             "specificity": tn / (tn + fp) if tn + fp else float("nan"), "specificity_ci": exact_ci(tn, tn + fp, level),
             "accuracy": (tp + tn) / n if n else float("nan"), "accuracy_ci": exact_ci(tp + tn, n, level)}
+
+
+def roc_curve(scores, truth) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical ROC points (FPR, TPR) from (inf, 0) to (1, 1), one per distinct rating."""
+    scores = np.asarray(scores, float)
+    truth = np.asarray(truth).astype(bool)
+    ths = np.r_[np.inf, np.unique(scores)[::-1]]
+    tpr = np.array([(scores[truth] >= t).mean() for t in ths])
+    fpr = np.array([(scores[~truth] >= t).mean() for t in ths])
+    return fpr, tpr
