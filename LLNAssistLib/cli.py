@@ -136,11 +136,11 @@ def cmd_radiomics(a) -> int:
 def cmd_study_analyze(a) -> int:
     from .atomic import write_text
     from .stats import study_report
-    from .stats.readerstudy_analysis import analyze_ratings, read_ratings, to_arrays
+    from .stats.readerstudy_analysis import analyze_arrays, read_ratings, to_arrays
 
-    rows = read_ratings(a.ratings)
-    res = analyze_ratings(rows)
-    _, _, _, truth, ratings = to_arrays(rows)
+    arrays = to_arrays(read_ratings(a.ratings))
+    res = analyze_arrays(*arrays)
+    truth, ratings = arrays[3], arrays[4]
     html_path = a.html or str(Path(a.out).with_suffix(".html"))
     write_text(html_path, study_report.build(res, ratings, truth))
     write_text(a.out, json.dumps(res, indent=2) + "\n")

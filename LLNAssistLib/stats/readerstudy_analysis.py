@@ -92,7 +92,12 @@ def _reader_kappas(ratings: np.ndarray, readers: list, modalities: list) -> list
 
 
 def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
-    modalities, readers, cases, truth, ratings = to_arrays(rows)
+    return analyze_arrays(*to_arrays(rows), level=level)
+
+
+def analyze_arrays(modalities: list, readers: list, cases: list, truth: np.ndarray, ratings: np.ndarray,
+                   level: float = 0.95) -> dict:
+    """The analysis of a fully crossed (modality, reader, case) ratings array, as `to_arrays` makes it."""
     out: dict = {"modalities": {}, "readers": {}, "delong": [], "mrmc": {},
                  "n_cases": len(cases), "n_diseased": int(truth.sum()), "n_readers": len(readers),
                  "modality_order": modalities, "difference": f"{modalities[0]} minus {modalities[1]}"}
@@ -104,7 +109,7 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
             out["readers"][rd][m] = {"auc": a, "auc_var": v, "auc_ci": list(roc.auc_ci(a, v, level)),
                                      "operating_points": [roc.operating_point(ratings[i, j], truth, th, level)
                                                           for th in OPERATING_THRESHOLDS]}
-        test = roc.paired_test(ratings[0, j], ratings[1, j], truth, level)
+        test = roc.paired_from(d, level)
         out["delong"].append({"reader": rd, "modality_a": modalities[0], "modality_b": modalities[1], **test})
     if len(readers) >= 2:
         for method in ("jackknife", "delong"):
@@ -112,7 +117,6 @@ def analyze_ratings(rows: list[dict], level: float = 0.95) -> dict:
             out["mrmc"][f"or_{method}"] = {k: res[k] for k in ("rrrc", "frrc", "rrfc", "var", "cov1", "cov2", "cov3")}
         out["mrmc"]["dbm"] = mrmc.dbm(ratings, truth)
     out["kappa"] = _reader_kappas(ratings, readers, modalities)
-    theta = mrmc.auc_matrix(ratings, truth)
-    for i, m in enumerate(modalities):
-        out["modalities"][m] = {"mean_auc": float(theta[i].mean())}
+    for m in modalities:
+        out["modalities"][m] = {"mean_auc": float(np.mean([out["readers"][rd][m]["auc"] for rd in readers]))}
     return out

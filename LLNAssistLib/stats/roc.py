@@ -54,7 +54,11 @@ def auc_ci(a: float, var: float, level: float = 0.95) -> tuple[float, float]:
 
 
 def paired_test(scores_a, scores_b, truth, level: float = 0.95) -> dict:
-    d = delong([scores_a, scores_b], truth)
+    return paired_from(delong([scores_a, scores_b], truth), level)
+
+
+def paired_from(d: DeLong, level: float = 0.95) -> dict:
+    """Paired DeLong test of the first two AUCs of an already computed DeLong result."""
     diff = float(d.aucs[0] - d.aucs[1])
     var = float(d.cov[0, 0] + d.cov[1, 1] - 2 * d.cov[0, 1])
     z = diff / np.sqrt(var) if var > 0 else 0.0
