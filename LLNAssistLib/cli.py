@@ -133,26 +133,6 @@ def cmd_radiomics(a) -> int:
     return 0
 
 
-def cmd_study_analyze(a) -> int:
-    from .atomic import write_text
-    from .stats import study_report
-    from .stats.readerstudy_analysis import analyze_arrays, read_ratings, to_arrays
-
-    arrays = to_arrays(read_ratings(a.ratings))
-    res = analyze_arrays(*arrays)
-    truth, ratings = arrays[3], arrays[4]
-    html_path = a.html or str(Path(a.out).with_suffix(".html"))
-    write_text(html_path, study_report.build(res, ratings, truth))
-    write_text(a.out, json.dumps(res, indent=2) + "\n")
-    for m, v in res["modalities"].items():
-        print(f"{m}: mean AUC {v['mean_auc']:.4f}")
-    if "or_jackknife" in res["mrmc"]:
-        r = res["mrmc"]["or_jackknife"]["rrrc"]
-        print(f"OR (jackknife) random readers and cases: F({r['df1']}, {r['df2']:.2f}) = {r['f']:.3f}, "
-              f"p = {r['p']:.4f}, {res['difference']} = {r['diff']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llnassist", description="Lateral lymph node assessment on axial T2-weighted MRI. "
                 "The bundled model was trained on synthetic phantoms only: not for clinical use.")
@@ -215,13 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-version", default="1.0.0")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("study", help="reader studies")
-    st = s.add_subparsers(dest="study_command", parser_class=_Parser)
-    s2 = st.add_parser("analyze", help="ROC/DeLong/OR-DBM MRMC analysis of a ratings CSV")
-    s2.add_argument("ratings", help="CSV with columns reader,modality,case,truth,rating (two modalities)")
-    s2.add_argument("--out", required=True, help="JSON results")
-    s2.add_argument("--html", help="HTML report (default: beside --out, same name, .html)")
-    s2.set_defaults(func=cmd_study_analyze)
+    from .cli_study import add_parsers as add_study_parsers
+
+    add_study_parsers(sub, _Parser)
 
     s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")
     s.add_argument("--model", default=None)

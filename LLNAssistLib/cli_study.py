@@ -1,0 +1,347 @@
+"""`llnassist study ...`: reader-study commands (thin; everything is in `readerstudy` and `stats`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .csvtable import read_table
+from .errors import InputError
+
+
+def _yes(v: str) -> bool:
+    return v.strip().lower() in ("1", "yes", "true", "y")
+
+
+def _load_json(path: str, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{what} {path} is not valid JSON") from None
+
+
+def _ai_from_analysis(folder: str) -> dict:
+    """AI results for the aided layer from an `llnassist analyze` output folder."""
+    d = Path(folder)
+    summary = _load_json(str(d / "summary.json"), "analysis summary")
+    nodes = []
+    with open(d / "nodes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            nodes.append(row)
+    probs = [float(n["radiomics_probability"]) for n in nodes if n.get("radiomics_probability")]
+    return {"status": summary.get("patient_status"), "probability": max(probs) if probs else 0.0,
+            "nodes": nodes, "segmentation": str(d / "segmentation.seg.nrrd"), "report": str(d / "report.html"),
+            "model": summary.get("model")}
+
+
+def cases_from_csv(path: str) -> list[dict]:
+    out = []
+    for n, r in enumerate(read_table(path, ("case_id",), "cases"), start=2):
+        case: dict = {"case_id": r["case_id"], "image": r.get("image") or None, "dicom_uid": r.get("dicom_uid") or None,
+                      "training": _yes(r.get("training", "")), "reference_by": r.get("reference_by") or None}
+        if r.get("truth_json"):
+            t = _load_json(r["truth_json"], f"line {n}: truth_json")
+            case["truth"] = 1 if t.get("patient_status") == "positive" else 0
+            case["truth_nodes"] = t.get("nodes", [])
+        if r.get("truth", "") != "":
+            if r["truth"] not in ("0", "1"):
+                raise InputError(f"cases line {n}: truth {r['truth']!r} must be 0 or 1")
+            case["truth"] = int(r["truth"])
+        ai = _ai_from_analysis(r["analysis_dir"]) if r.get("analysis_dir") else {}
+        if r.get("ai_probability"):
+            try:
+                ai["probability"] = float(r["ai_probability"])
+            except ValueError:
+                raise InputError(f"cases line {n}: ai_probability {r['ai_probability']!r} is not a number") from None
+        if r.get("ai_status"):
+            ai["status"] = r["ai_status"]
+        case["ai"] = ai or None
+        out.append(case)
+    return out
+
+
+def cmd_create(a) -> int:
+    from .readerstudy import Study
+
+    st = Study.create(a.study, a.name, design=a.design, washout_days=a.washout_days, seed=a.seed,
+                      unaided_only_fraction=a.unaided_only_fraction, actor=a.by)
+    print(f"created {a.design} study {a.name!r} (washout {st.protocol['washout_days']:g} days, seed {a.seed})")
+    return 0
+
+
+def cmd_add_cases(a) -> int:
+    from .readerstudy import Study
+
+    cases = cases_from_csv(a.cases)
+    with Study.open(a.study) as st:
+        n = st.add_cases(cases, actor=a.by)
+    print(f"added {n} case(s) ({sum(c['training'] for c in cases)} training)")
+    return 0
+
+
+def cmd_add_readers(a) -> int:
+    from .readerstudy import Study
+
+    rows = read_table(a.readers, ("reader_id",), "readers")
+    with Study.open(a.study) as st:
+        for n, r in enumerate(rows, start=2):
+            years = None
+            if r.get("years"):
+                try:
+                    years = float(r["years"])
+                except ValueError:
+                    raise InputError(f"readers line {n}: years {r['years']!r} is not a number") from None
+            st.add_reader(r["reader_id"], r.get("name", ""), years, r.get("override_reason") or None, actor=a.by)
+    print(f"added {len(rows)} reader(s)")
+    return 0
+
+
+def cmd_remove_reader(a) -> int:
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        st.remove_reader(a.reader, a.reason, actor=a.by)
+    print(f"reader {a.reader} deactivated; their reads are kept")
+    return 0
+
+
+def cmd_status(a) -> int:
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        s = st.status()
+    if a.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    proto = f"frozen {s['protocol_hash'][:12]}" if s["frozen"] else "open"
+    print(f"{s['name']}: {s['design']}, washout {s['washout_days']:g} days, {s['n_cases']} cases "
+          f"(+{s['n_training_cases']} training), protocol {proto}")
+    print(f"{'reader':<16}{'active':<8}{'session 1':>12}{'session 2':>12}")
+    for r in s["readers"]:
+        s1, s2 = r["sessions"]["1"], r["sessions"]["2"]
+        print(f"{r['reader_id']:<16}{'yes' if r['active'] else 'no':<8}{s1['done']:>6}/{s1['total']:<5}"
+              f"{s2['done']:>6}/{s2['total']:<5}")
+    return 0
+
+
+def cmd_rate(a) -> int:
+    from .readerstudy import Override, Study
+
+    point = None
+    if a.point:
+        try:
+            point = [float(v) for v in a.point.split(",")]
+        except ValueError:
+            point = []
+        if len(point) != 3:
+            raise InputError(f"--point {a.point!r} must be three numbers R,A,S in mm")
+    override = Override(a.by, a.override_reason) if a.override_reason else None
+    with Study.open(a.study) as st:
+        res = st.record_rating(reader=a.reader, session=a.session, case=a.case, rating=a.score,
+                               call=None if a.call is None else a.call == "yes", node=a.node, point=point,
+                               region=a.region, side=a.side, most_suspicious=a.most_suspicious,
+                               comment=a.comment or "", override=override)
+        msg = f"recorded {res['node_key']} score {a.score}" + (" (already recorded)" if res["duplicate"] else "")
+        if a.submit:
+            sub = st.submit_read(a.reader, a.session, a.case)
+            msg += "; read submitted" + (" (already)" if sub["duplicate"] else "")
+    print(msg)
+    return 0
+
+
+def cmd_next(a) -> int:
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        nxt = st.next_read(a.reader) if a.session is None else st.next_case(a.reader, a.session)
+    if nxt is None:
+        print(f"reader {a.reader}: nothing left to read")
+    else:
+        wait = "" if nxt["available"] else f" (not yet: {nxt['waiting_reason']})"
+        print(f"reader {a.reader}: session {nxt['session']} case {nxt['case_id']} ({nxt['modality']}), "
+              f"{nxt['done']} of {nxt['total']} done{wait}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .atomic import write_text
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        text = st.export_csv(include_training=a.include_training)
+        audit = st.audit_log()
+    write_text(a.out, text)
+    if a.audit:
+        write_text(a.audit, json.dumps(audit, indent=2) + "\n")
+    print(f"exported {text.count(chr(10)) - 1} rating(s) -> {a.out}")
+    return 0
+
+
+def _rows_from(source: str):
+    """Analysis rows from a ratings CSV or a study (file or postgresql:// URL)."""
+    from .readerstudy import Study
+    from .readerstudy.analysis import study_rows
+    from .readerstudy.db import is_url
+    from .stats.readerstudy_analysis import read_ratings
+
+    if is_url(source) or Path(source).suffix.lower() in (".sqlite", ".db", ".sqlite3"):
+        with Study.open(source) as st:
+            return study_rows(st)
+    return read_ratings(source)
+
+
+def cmd_analyze(a) -> int:
+    from .atomic import write_text
+    from .stats import study_report
+    from .stats.readerstudy_analysis import analyze_rows
+
+    res, arrays = analyze_rows(_rows_from(a.ratings))
+    truth, ratings = arrays[3], arrays[4]
+    html_path = a.html or str(Path(a.out).with_suffix(".html"))
+    write_text(html_path, study_report.build(res, ratings, truth))
+    write_text(a.out, json.dumps(res, indent=2) + "\n")
+    for m, v in res["modalities"].items():
+        print(f"{m}: mean AUC {v['mean_auc']:.4f}")
+    if "or_jackknife" in res["mrmc"]:
+        r = res["mrmc"]["or_jackknife"]["rrrc"]
+        print(f"OR (jackknife) random readers and cases: F({r['df1']}, {r['df2']:.2f}) = {r['f']:.3f}, "
+              f"p = {r['p']:.4f}, {res['difference']} = {r['diff']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]")
+    return 0
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 2:
+        raise InputError(f"{what} {text!r} must be comma-separated whole numbers >= 2")
+    return vals
+
+
+def cmd_power(a) -> int:
+    from .atomic import write_text
+    from .stats import mrmc, power
+    from .stats.readerstudy_analysis import patient_level, to_arrays
+
+    rows = _rows_from(a.pilot)
+    if any("node" in r for r in rows):
+        rows = patient_level(rows)
+    modalities, readers, cases, truth, ratings = to_arrays(rows)
+    if len(readers) < 2:
+        raise InputError("the pilot has one reader; variance components need at least two")
+    pilot = mrmc.obuchowski_rockette(ratings, truth, a.covariance)
+    comp = power.components(pilot, len(cases))
+    if not 0 < a.effect < 1:
+        raise InputError(f"--effect {a.effect} must be an AUC difference between 0 and 1")
+    grid = power.table(comp, _int_list(a.readers, "--readers"), _int_list(a.cases, "--cases"), a.effect, a.alpha)
+    need = {r: power.cases_needed(comp, r, a.effect, a.target, a.alpha) for r in _int_list(a.readers, "--readers")}
+    out = {"pilot": {"readers": len(readers), "cases": len(cases), "covariance": a.covariance,
+                     "observed_auc_diff": pilot["rrrc"]["diff"]}, "components": comp, "grid": grid,
+           "cases_needed": {str(r): c for r, c in need.items()}, "target_power": a.target}
+    print(f"pilot: {len(readers)} readers x {len(cases)} cases; var_TR {comp['var_tr']:.3g}, var {comp['var']:.3g}, "
+          f"cov1-3 {comp['cov1']:.3g} {comp['cov2']:.3g} {comp['cov3']:.3g}")
+    print(f"{'readers':>8}{'cases':>8}{'power':>8}")
+    for g in grid:
+        print(f"{g['readers']:>8}{g['cases']:>8}{g['power']:>8.3f}")
+    for r, c in need.items():
+        print(f"{r} readers: {c if c else 'no feasible number of'} cases for power {a.target:g} at AUC difference "
+              f"{a.effect:g}")
+    if a.out:
+        write_text(a.out, json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def add_parsers(sub, parser_class) -> None:
+    s = sub.add_parser("study", help="reader studies: create, add cases/readers, read, status, export, analyze")
+    st = s.add_subparsers(dest="study_command", parser_class=parser_class)
+    where = "study file (.sqlite) or postgresql:// URL"
+
+    p = st.add_parser("create", help="create a study (protocol with design, washout, seed)")
+    p.add_argument("study", help=where)
+    p.add_argument("--name", required=True)
+    p.add_argument("--design", choices=["crossover", "sequential"], default="crossover")
+    p.add_argument("--washout-days", type=float, default=None, help="default 28 (crossover), 0 (sequential)")
+    p.add_argument("--seed", type=int, default=0, help="randomisation seed (groups and reading orders)")
+    p.add_argument("--unaided-only-fraction", type=float, default=0.2,
+                   help="sequential design: fraction of cases read unaided only")
+    p.add_argument("--by", default="coordinator", help="who does this (audit log)")
+    p.set_defaults(func=cmd_create)
+
+    p = st.add_parser("add-cases", help="add cases from a CSV (case_id, truth or truth_json, image, "
+                      "analysis_dir or ai_probability/ai_status, training, reference_by)")
+    p.add_argument("study", help=where)
+    p.add_argument("cases")
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_add_cases)
+
+    p = st.add_parser("add-readers", help="add readers from a CSV (reader_id, name, years, override_reason)")
+    p.add_argument("study", help=where)
+    p.add_argument("readers")
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_add_readers)
+
+    p = st.add_parser("remove-reader", help="deactivate a reader (history kept; re-add to continue)")
+    p.add_argument("study", help=where)
+    p.add_argument("reader")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_remove_reader)
+
+    p = st.add_parser("status", help="progress per reader and session")
+    p.add_argument("study", help=where)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = st.add_parser("next", help="a reader's next case")
+    p.add_argument("study", help=where)
+    p.add_argument("--reader", required=True)
+    p.add_argument("--session", type=int, choices=[1, 2])
+    p.set_defaults(func=cmd_next)
+
+    p = st.add_parser("rate", help="record a 1-5 score for a node (durable on return), optionally submit")
+    p.add_argument("study", help=where)
+    p.add_argument("--reader", required=True)
+    p.add_argument("--session", type=int, required=True, choices=[1, 2])
+    p.add_argument("--case", required=True)
+    p.add_argument("--score", type=int, required=True, choices=[1, 2, 3, 4, 5])
+    p.add_argument("--call", choices=["yes", "no"], help="LLN metastasis yes/no (needed on the most suspicious node)")
+    p.add_argument("--node", help="AI node id (aided reads only)")
+    p.add_argument("--point", help="R,A,S of the node in mm")
+    p.add_argument("--region", choices=["II", "OB", "EI"])
+    p.add_argument("--side", choices=["left", "right"])
+    p.add_argument("--most-suspicious", action="store_true")
+    p.add_argument("--comment")
+    p.add_argument("--submit", action="store_true", help="submit the read after recording")
+    p.add_argument("--override-reason", help="coordinator override of the washout, recorded in the audit log")
+    p.add_argument("--by", default="coordinator", help="who overrides")
+    p.set_defaults(func=cmd_rate)
+
+    p = st.add_parser("export", help="ratings CSV with readable labels (latest versions; no image paths)")
+    p.add_argument("study", help=where)
+    p.add_argument("--out", required=True)
+    p.add_argument("--audit", help="also write the audit log as JSON")
+    p.add_argument("--include-training", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = st.add_parser("analyze", help="ROC/DeLong/OR-DBM MRMC, kappa, binary call, AI, clustered node level")
+    p.add_argument("ratings", help="study file/URL, or CSV with columns reader,modality,case,truth,rating "
+                   "(optional call, ai_probability, ai_status, node)")
+    p.add_argument("--out", required=True, help="JSON results")
+    p.add_argument("--html", help="HTML report (default: beside --out, same name, .html)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = st.add_parser("power", help="readers x cases for a target AUC difference from a pilot (Hillis-Obuchowski)")
+    p.add_argument("pilot", help="pilot ratings CSV or study")
+    p.add_argument("--effect", type=float, required=True, help="AUC difference to detect, e.g. 0.05")
+    p.add_argument("--readers", default="3,4,5,6,8,10")
+    p.add_argument("--cases", default="50,100,150,200,300")
+    p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--covariance", choices=["delong", "jackknife"], default="delong")
+    p.add_argument("--out", help="JSON results")
+    p.set_defaults(func=cmd_power)
+

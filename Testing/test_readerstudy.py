@@ -1,0 +1,432 @@
+"""Reader-study store: the rules (washout, blinding, immutability, audit, roles), durability
+(resume, idempotent retries, SIGKILL, concurrent writers) on a real SQLite file and a real
+PostgreSQL server, and the analysis of a study against independent computations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from LLNAssistLib.readerstudy import Override, RuleRefused, Study
+from LLNAssistLib.readerstudy.db import IntegrityRefused
+
+
+class Clock:
+    def __init__(self):
+        self.t = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, **kw):
+        self.t += dt.timedelta(**kw)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "study.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+def _cases(n=20, with_ai=True):
+    out = []
+    for i in range(n):
+        c = {"case_id": f"LLN{i:03d}", "truth": int(i % 5 in (0, 1)), "image": f"/data/case{i}.nii.gz"}
+        if with_ai:
+            c["ai"] = {"probability": round(0.05 + 0.9 * (i % 5 in (0, 1)) * 0.8 + 0.01 * i, 3),
+                       "status": "positive" if i % 5 in (0, 1) else "negative",
+                       "nodes": [{"node_id": "1", "centroid_r": 60.0, "centroid_a": 10.0, "centroid_s": -20.0}]}
+        out.append(c)
+    return out
+
+
+def _study(location, clock, design="crossover", readers=("R1", "R2", "R3", "R4"), n=20, **kw):
+    st = Study.create(location, "LLN pilot", design=design, seed=7, clock=clock, **kw)
+    st.add_cases(_cases(n))
+    for k, r in enumerate(readers):
+        st.add_reader(r, f"Dr {r}", 3 + k)
+    return st
+
+
+def _read(st, reader, session, case, score=3, call=False, **kw):
+    st.record_rating(reader=reader, session=session, case=case, rating=score, call=call, point=(60, 10, -20), **kw)
+    return st.submit_read(reader, session, case)
+
+
+def test_crossover_design_is_balanced_randomised_and_frozen(location):
+    clock = Clock()
+    st = _study(location, clock)
+    assert st.protocol["washout_days"] == 28
+    first = {}
+    for r in ("R1", "R2", "R3", "R4"):
+        st.next_case(r, 1)
+    assert st.frozen and len(st.protocol_hash) == 64
+    with pytest.raises(RuleRefused, match="frozen"):
+        st.set_protocol(washout_days=14)
+    with pytest.raises(RuleRefused, match="training case"):
+        st.add_cases([{"case_id": "LATE", "truth": 1}])
+    st.add_cases([{"case_id": "TRAIN1", "training": True}])  # training cases may still be added
+    groups = Counter((c["group"], c["truth"]) for c in st.cases(include_training=False))
+    assert groups[(0, 1)] == groups[(1, 1)] == 4 and groups[(0, 0)] == groups[(1, 0)] == 6
+    rows = st.db.all("SELECT reader_id, session, position, case_id, modality FROM assignments ORDER BY 1, 2, 3")
+    for r in ("R1", "R2", "R3", "R4"):
+        s1 = [x for x in rows if x[0] == r and x[1] == 1 and x[3] != "TRAIN1"]
+        s2 = [x for x in rows if x[0] == r and x[1] == 2]
+        assert sorted(x[3] for x in s1) == sorted(x[3] for x in s2) == [f"LLN{i:03d}" for i in range(20)]
+        mod1, mod2 = {x[3]: x[4] for x in s1}, {x[3]: x[4] for x in s2}
+        assert all(mod1[c] != mod2[c] for c in mod1)  # each case read once unaided, once aided
+        assert Counter(mod1.values()) == {"unaided": 10, "aided": 10}
+        assert [x[3] for x in s1] != [x[3] for x in s2]  # orders differ between sessions
+        first[r] = mod1
+    # readers balanced across groups: R1/R3 read the other group unaided first than R2/R4
+    assert first["R1"] == first["R3"] and all(first["R1"][c] != first["R2"][c] for c in first["R1"])
+    st.close()
+
+
+def test_washout_refuses_session_two_until_it_passes_and_records_overrides(location):
+    clock = Clock()
+    st = _study(location, clock)
+    case = st.next_case("R1", 1)["case_id"]
+    _read(st, "R1", 1, case)
+    nxt = st.next_case("R1", 2)
+    with pytest.raises(RuleRefused, match="session 1 first"):
+        st.open_read("R1", 2, nxt["case_id"] if nxt["case_id"] != case else "LLN019" if case != "LLN019" else "LLN018")
+    with pytest.raises(RuleRefused, match="washout"):
+        st.open_read("R1", 2, case)
+    clock.advance(days=27, hours=23)
+    with pytest.raises(RuleRefused, match="washout"):
+        st.record_rating(reader="R1", session=2, case=case, rating=4, call=True, point=(1, 2, 3))
+    st.open_read("R1", 2, case, override=Override("coordinator Kim", "reader leaves the site"))
+    entry = [a for a in st.audit_log() if a["action"] == "override_washout"][-1]
+    assert entry["actor"] == "coordinator Kim" and entry["detail"]["reason"] == "reader leaves the site"
+    case2 = st.next_case("R1", 1)["case_id"]
+    _read(st, "R1", 1, case2)
+    clock.advance(days=28, minutes=1)
+    assert st.open_read("R1", 2, case2)["status"] == "open"  # no override needed after 28 days
+    st.close()
+
+
+def test_unaided_reads_never_see_or_cite_the_ai(location):
+    clock = Clock()
+    st = _study(location, clock)
+    st.next_case("R1", 1)  # assignments are drawn at the reader's first request
+    order = st.db.all("SELECT case_id, modality FROM assignments WHERE reader_id='R1' AND session=1")
+    unaided = next(c for c, m in order if m == "unaided")
+    aided = next(c for c, m in order if m == "aided")
+    v = st.case_view("R1", 1, unaided)
+    assert "ai" not in v and v["shows"] == ["image"] and "probability" not in json.dumps(v)
+    assert st.case_view("R1", 1, aided)["ai"]["status"] in ("positive", "negative")
+    with pytest.raises(RuleRefused, match="unaided"):
+        st.record_rating(reader="R1", session=1, case=unaided, rating=4, call=True, node="1")
+    st.record_rating(reader="R1", session=1, case=aided, rating=4, call=True, node="1")
+    st.close()
+
+
+def test_submitted_reads_are_immutable_corrections_are_versions_with_audit(location):
+    clock = Clock()
+    st = _study(location, clock)
+    case = st.next_case("R2", 1)["case_id"]
+    st.open_read("R2", 1, case)  # the case is shown: the timer starts
+    clock.advance(seconds=5)
+    st.record_rating(reader="R2", session=1, case=case, rating=2, call=False, point=(60, 10, -20))
+    clock.advance(seconds=40)
+    sub = st.submit_read("R2", 1, case)
+    assert sub["duration_s"] == pytest.approx(45.0)
+    # the same content again (a retry) is a no-op; different content is refused
+    again = st.record_rating(reader="R2", session=1, case=case, rating=2, call=False, point=(60, 10, -20))
+    assert again["duplicate"]
+    with pytest.raises(RuleRefused, match="immutable"):
+        st.record_rating(reader="R2", session=1, case=case, rating=5, call=True, point=(60, 10, -20))
+    # the database itself refuses rewriting history, whatever the front end does
+    with pytest.raises(IntegrityRefused):
+        with st.db.transaction():
+            st.db.run("UPDATE ratings SET score = 5")
+    for table in ("ratings", "reads", "audit", "cases", "readers"):
+        with pytest.raises(IntegrityRefused):
+            with st.db.transaction():
+                st.db.run(f"DELETE FROM {table}")
+    with pytest.raises(IntegrityRefused):
+        with st.db.transaction():
+            st.db.run("UPDATE audit SET actor = 'x'")
+    clock.advance(hours=1)
+    key = st.final_ratings()[0]["node_key"]
+    st.correct(reader="R2", session=1, case=case, by="R2", reason="clicked 2 instead of 4", node_key=key, rating=4)
+    final = st.final_ratings()
+    assert len(final) == 1 and final[0]["rating"] == 4 and final[0]["version"] == 2
+    versions = st.db.all("SELECT version, status FROM reads WHERE reader_id='R2' AND case_id=? ORDER BY version",
+                         (case,))
+    assert versions == [(1, "superseded"), (2, "submitted")]
+    old = st.db.one("SELECT score FROM ratings g JOIN reads r ON r.read_id=g.read_id WHERE r.version=1 AND "
+                    "r.reader_id='R2'")
+    assert old == (2,)  # the original is kept
+    entry = [a for a in st.audit_log() if a["action"] == "correct"][-1]
+    assert entry["actor"] == "R2" and entry["detail"]["before"] == {"rating": 2}
+    assert entry["detail"]["after"] == {"rating": 4} and entry["detail"]["reason"] == "clicked 2 instead of 4"
+    st.close()
+
+
+def test_resume_after_restart_and_idempotent_submit(location):
+    clock = Clock()
+    st = _study(location, clock)
+    first = st.next_case("R3", 1)
+    assert first["done"] == 0 and not first["resumed"]
+    case = first["case_id"]
+    st.record_rating(reader="R3", session=1, case=case, rating=5, call=True, point=(60, 10, -20), most_suspicious=True)
+    st.record_rating(reader="R3", session=1, case=case, rating=2, point=(-60, 12, -18))
+    st.close()
+    st = Study.open(location, clock=clock)  # "restart"
+    again = st.next_case("R3", 1)
+    assert again["case_id"] == case and again["resumed"]
+    read_id = st.db.one("SELECT read_id FROM reads WHERE reader_id='R3'")[0]
+    assert sorted(r["rating"] for r in st.ratings_of(read_id)) == [2, 5]
+    a = st.submit_read("R3", 1, case)
+    b = st.submit_read("R3", 1, case)  # double click
+    assert not a["duplicate"] and b["duplicate"] and a["read_id"] == b["read_id"]
+    assert st.db.one("SELECT COUNT(*) FROM reads WHERE reader_id='R3'")[0] == 1
+    nxt = st.next_case("R3", 1)
+    assert nxt["case_id"] != case and nxt["done"] == 1 and nxt["total"] == 20
+    st.close()
+
+
+def test_submit_needs_most_suspicious_and_binary_call(location):
+    clock = Clock()
+    st = _study(location, clock)
+    case = st.next_case("R1", 1)["case_id"]
+    with pytest.raises(RuleRefused, match="rate it first"):
+        st.submit_read("R1", 1, case)
+    st.record_rating(reader="R1", session=1, case=case, rating=4, point=(60, 10, -20))
+    st.record_rating(reader="R1", session=1, case=case, rating=3, point=(-60, 10, -20))
+    with pytest.raises(RuleRefused, match="most suspicious"):
+        st.submit_read("R1", 1, case)
+    st.record_rating(reader="R1", session=1, case=case, rating=4, point=(60, 10, -20), most_suspicious=True)
+    with pytest.raises(RuleRefused, match="binary call"):
+        st.submit_read("R1", 1, case)
+    st.record_rating(reader="R1", session=1, case=case, rating=4, point=(60, 10, -20), most_suspicious=True,
+                     call=True)
+    assert st.submit_read("R1", 1, case)["status"] == "submitted"
+    for bad in (0, 6, 3.5, True):
+        with pytest.raises(Exception, match="1-5"):
+            st.record_rating(reader="R1", session=1, case=case, rating=bad)
+    st.close()
+
+
+def test_readers_roles_removal_and_readd_keep_history(location):
+    clock = Clock()
+    st = Study.create(location, "roles", clock=clock)
+    st.add_cases([{"case_id": "A", "truth": 1, "reference_by": "PATH1"}, {"case_id": "B", "truth": 0}])
+    with pytest.raises(RuleRefused, match="reference standard"):
+        st.add_reader("PATH1", "Dr Path")
+    st.add_reader("PATH1", "Dr Path", override_reason="pathologist reads only images after 6 months")
+    st.add_reader("R1", "Dr One", 4)
+    case = st.next_case("R1", 1)["case_id"]
+    _read(st, "R1", 1, case, score=4, call=True)
+    st.remove_reader("R1", "on leave")
+    with pytest.raises(RuleRefused, match="removed"):
+        st.next_case("R1", 1)
+    st.add_reader("R1", "Dr One", 4)
+    nxt = st.next_case("R1", 1)
+    assert nxt["done"] == 1 and nxt["case_id"] != case
+    assert [a["action"] for a in st.audit_log()].count("readd_reader") == 1
+    st.close()
+
+
+def test_sequential_design_aided_follows_unaided(location):
+    clock = Clock()
+    st = _study(location, clock, design="sequential", readers=("R1",), unaided_only_fraction=0.2)
+    assert st.protocol["washout_days"] == 0
+    st.next_case("R1", 1)
+    s2 = st.db.all("SELECT case_id FROM assignments WHERE reader_id='R1' AND session=2")
+    assert len(s2) == 16  # 20 % of 20 cases (stratified) kept unaided-only
+    seen = []
+    for _ in range(40):
+        nxt = st.next_read("R1")
+        if nxt is None:
+            break
+        seen.append((nxt["session"], nxt["case_id"]))
+        if nxt["session"] == 1:
+            _read(st, "R1", 1, nxt["case_id"])
+            if nxt["case_id"] in {c for (c,) in s2}:
+                s1 = [x[0] for x in st.db.all("SELECT case_id FROM assignments WHERE reader_id='R1' AND session=1")]
+                other = next((c for c in s1 if not st.db.one("SELECT 1 FROM reads WHERE case_id=? AND "
+                                                             "reader_id='R1'", (c,))), None)
+                if other:
+                    with pytest.raises(RuleRefused, match="aided read"):
+                        st.open_read("R1", 1, other)
+        else:
+            assert seen[-2] == (1, nxt["case_id"])  # aided right after the unaided read of that case
+            _read(st, "R1", 2, nxt["case_id"], node="1")
+    assert len(seen) == 36
+    st.close()
+
+
+_WRITER = r"""
+import sys, datetime as dt
+from LLNAssistLib.readerstudy import Study
+loc, reader, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+st = Study.open(loc)
+for i in range(n):
+    nxt = st.next_case(reader, 1)
+    if nxt is None:
+        break
+    st.record_rating(reader=reader, session=1, case=nxt["case_id"], rating=1 + i % 5, call=bool(i % 2),
+                     point=(float(i), 0.0, 0.0))
+    st.submit_read(reader, 1, nxt["case_id"])
+    print(nxt["case_id"], 1 + i % 5, flush=True)  # acknowledged: the call returned
+"""
+
+
+def _writer(location, reader, n):
+    return subprocess.Popen([sys.executable, "-c", _WRITER, location, reader, str(n)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_sigkill_loses_nothing_acknowledged(location):
+    st = _study(location, Clock(), n=400, readers=("R1",))
+    st.close()
+    p = _writer(location, "R1", 400)
+    acked = []
+    t0 = time.time()
+    while len(acked) < 25 and time.time() - t0 < 120:
+        line = p.stdout.readline()
+        if not line:
+            break
+        acked.append(line.split())
+    os.kill(p.pid, signal.SIGKILL)  # in the middle of the next write
+    p.wait()
+    assert len(acked) >= 25
+    st = Study.open(location)
+    final = {(r["case"]): r["rating"] for r in st.final_ratings()}
+    for case, score in acked:
+        assert final[case] == int(score)
+    assert st.db.integrity_check() == "ok"
+    # nothing half-written: every submitted read has its rating
+    assert st.db.one("SELECT COUNT(*) FROM reads r WHERE status='submitted' AND NOT EXISTS "
+                     "(SELECT 1 FROM ratings g WHERE g.read_id = r.read_id)")[0] == 0
+    nxt = st.next_case("R1", 1)  # the reader resumes where the killed process stopped
+    assert nxt["done"] >= len(acked)
+    st.close()
+
+
+def test_two_concurrent_writers_lose_nothing(location):
+    st = _study(location, Clock(), n=60, readers=("A", "B"))
+    st.close()
+    procs = [_writer(location, r, 60) for r in ("A", "B")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    st = Study.open(location)
+    counts = Counter(r["reader"] for r in st.final_ratings())
+    assert counts == {"A": 60, "B": 60}
+    assert all(len(o.splitlines()) == 60 for o in outs)
+    assert st.db.integrity_check() == "ok"
+    st.close()
+
+
+def _simulate(st, clock, rng, readers, gain=1.0):
+    """Every reader reads every case in both sessions; aided ratings track truth better."""
+    truth = {c["case_id"]: c["truth"] or 0 for c in st.cases()}
+    for session in (1, 2):
+        if session == 2:
+            clock.advance(days=29)
+        for r in readers:
+            while (nxt := st.next_case(r, session)) is not None:
+                c = nxt["case_id"]
+                sep = 1.0 + (gain if nxt["modality"] == "aided" else 0.0)
+                latent = rng.normal(sep * truth[c], 1.0)
+                score = int(np.clip(np.round(3 + latent - sep / 2), 1, 5))
+                clock.advance(seconds=30)
+                _read(st, r, session, c, score=score, call=score >= 4)
+
+
+def test_study_analysis_matches_independent_computation(location, tmp_path):
+    from scipy.stats import mannwhitneyu
+
+    clock = Clock()
+    st = _study(location, clock, n=40, readers=("R1", "R2", "R3"))
+    st.add_cases([{"case_id": "TRAIN", "training": True, "truth": 1}])
+    _simulate(st, clock, np.random.default_rng(3), ("R1", "R2", "R3"))
+    st.close()
+    out = tmp_path / "res.json"
+    run_cli("study", "analyze", location, "--out", out, check_rc=0)
+    res = json.loads(out.read_text())
+    run_cli("study", "export", location, "--out", tmp_path / "export.csv", check_rc=0)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "export.csv")))
+    assert {r["case"] for r in rows} == {f"LLN{i:03d}" for i in range(40)}  # training case excluded
+    assert "image" not in rows[0] and all("/data/" not in v for r in rows for v in r.values())
+    assert {r["rating_label"] for r in rows} <= {"definitely benign", "probably benign", "indeterminate",
+                                                 "probably malignant", "definitely malignant"}
+    for rd in ("R1", "R2", "R3"):
+        for m in ("aided", "unaided"):
+            sel = [r for r in rows if r["reader"] == rd and r["modality"] == m]
+            assert len(sel) == 40
+            y = [int(r["truth"]) for r in sel]
+            x = np.array([int(r["rating"]) for r in sel])
+            yy = np.array(y, bool)
+            auc = mannwhitneyu(x[yy], x[~yy]).statistic / (yy.sum() * (~yy).sum())  # independent of our code
+            assert res["readers"][rd][m]["auc"] == pytest.approx(auc, abs=1e-12)
+            tp = sum(1 for r in sel if r["truth"] == "1" and r["call"] == "yes")
+            assert res["binary_call"][rd][m]["sensitivity"] == pytest.approx(tp / sum(y))
+    assert res["ai"]["probability"]["auc"] == pytest.approx(1.0)  # the fake AI separates perfectly
+    assert res["modalities"]["aided"]["mean_auc"] > res["modalities"]["unaided"]["mean_auc"]
+    assert {k["reader"] for k in res["kappa_vs_ai"]} == {"R1", "R2", "R3"}
+    assert "rrrc" in res["mrmc"]["or_delong"] and (tmp_path / "res.html").is_file()
+
+
+def test_cli_study_workflow_and_errors(tmp_path):
+    study = tmp_path / "s.sqlite"
+    cases = tmp_path / "cases.csv"
+    cases.write_text("case_id,truth,image,ai_probability,ai_status\nC1,1,/x/1.nii.gz,0.8,positive\n"
+                     "C2,0,/x/2.nii.gz,0.2,negative\n")
+    readers = tmp_path / "readers.csv"
+    readers.write_text("reader_id,name,years\nR1,Dr One,5\n")
+    run_cli("study", "create", study, "--name", "cli", "--washout-days", "14", check_rc=0)
+    run_cli("study", "add-cases", study, cases, check_rc=0)
+    run_cli("study", "add-readers", study, readers, check_rc=0)
+    p = run_cli("study", "next", study, "--reader", "R1", check_rc=0)
+    case = p.stdout.split("case ")[1].split()[0]
+    run_cli("study", "rate", study, "--reader", "R1", "--session", "1", "--case", case, "--score", "4",
+            "--call", "yes", "--point", "1,2,3", "--submit", check_rc=0)
+    p = run_cli("study", "rate", study, "--reader", "R1", "--session", "1", "--case", case, "--score", "4",
+                "--call", "yes", "--point", "1,2,3", "--submit", check_rc=0)
+    assert "already" in p.stdout
+    p = run_cli("study", "status", study, check_rc=0)
+    assert "R1" in p.stdout and "1/2" in p.stdout.replace(" ", "")
+    bad = [
+        (("study", "create", study, "--name", "again"), "already exists"),
+        (("study", "add-cases", study, cases), "already in the study"),
+        (("study", "add-cases", tmp_path / "nope.sqlite", cases), "does not exist"),
+        (("study", "status", cases), "not an LLNAssist study"),
+        (("study", "next", study, "--reader", "ZZ"), "not in this study"),
+        (("study", "rate", study, "--reader", "R1", "--session", "2", "--case", case, "--score", "3", "--call",
+          "no"), "washout"),
+        (("study", "rate", study, "--reader", "R1", "--session", "1", "--case", case, "--score", "2", "--call",
+          "no", "--point", "1,2,3"), "immutable"),
+        (("study", "rate", study, "--reader", "R1", "--session", "1", "--case", case, "--score", "9"), "invalid"),
+        (("study", "create", tmp_path / "x.sqlite", "--name", "x", "--washout-days", "-3"), "negative"),
+        (("study", "analyze", study, "--out", tmp_path / "o.json"), "modality"),
+        (("study", "status", "postgresql://nobody@127.0.0.1:1/none"), "cannot connect"),
+    ]
+    for args, msg in bad:
+        p = run_cli(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("error:") and msg in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    c2 = tmp_path / "c2.csv"
+    c2.write_text("case_id,truth\nC9,maybe\n")
+    p = run_cli("study", "add-cases", study, c2)
+    assert p.returncode == 2 and "must be 0 or 1" in p.stderr
+    c3 = tmp_path / "c3.csv"
+    c3.write_text("id,truth\nC9,1\n")
+    p = run_cli("study", "add-cases", study, c3)
+    assert p.returncode == 2 and "lacks column" in p.stderr
