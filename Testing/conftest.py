@@ -56,61 +56,23 @@ def analyzed(tmp_path_factory, small_case):
     return out, p
 
 
-def _pg_bin(name: str):
-    import glob
-    import shutil
-
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
-
-
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     """A real PostgreSQL server (Debian's packages; scripts/test.sh installs them when missing) in a
-    temporary folder, on a Unix socket, trust auth; stopped at the end of the session."""
-    import socket
+    temporary folder, on a Unix socket; stopped at the end of the session."""
+    from LLNAssistLib.readerstudy import pgserver
 
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
+    if not pgserver.binary("initdb"):
         if os.environ.get("LLNASSIST_SKIP_POSTGRES") == "1":
             pytest.skip("PostgreSQL server binaries missing and LLNASSIST_SKIP_POSTGRES=1")
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
-    import shutil
-    import tempfile
-
-    # Not under pytest's tmp folder: its parents are private to root and the server runs as postgres.
-    base = Path(tempfile.mkdtemp(prefix="llnassist-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    as_user: list = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        os.chmod(base, 0o755)
-        subprocess.run(["chown", "-R", "postgres", str(base)], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-                    f"-k {sock} -p {port} -c listen_addresses='' -c fsync=on", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield {"host": str(sock), "port": port}
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with pgserver.temporary_server() as server:
+        yield server
 
 
 @pytest.fixture
-def pg_url(pg_server, request):
+def pg_url(pg_server):
     """A fresh, empty database on the test server."""
-    import uuid
+    from LLNAssistLib.readerstudy import pgserver
 
-    import psycopg
-
-    name = "t" + uuid.uuid4().hex[:12]
-    with psycopg.connect(f"postgresql://postgres@/postgres?host={pg_server['host']}&port={pg_server['port']}",
-                         autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@/{name}?host={pg_server['host']}&port={pg_server['port']}"
+    return pgserver.new_database(pg_server)

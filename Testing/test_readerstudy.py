@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
+from LLNAssistLib.conventions import READER_SCALE
 from LLNAssistLib.readerstudy import Override, RuleRefused, Study
 from LLNAssistLib.readerstudy.db import IntegrityRefused
 
@@ -365,8 +366,8 @@ def test_study_analysis_matches_independent_computation(location, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "export.csv")))
     assert {r["case"] for r in rows} == {f"LLN{i:03d}" for i in range(40)}  # training case excluded
     assert "image" not in rows[0] and all("/data/" not in v for r in rows for v in r.values())
-    assert {r["rating_label"] for r in rows} <= {"definitely benign", "probably benign", "indeterminate",
-                                                 "probably malignant", "definitely malignant"}
+    assert {r["rating_label"] for r in rows} <= set(READER_SCALE.values())
+    assert {r["rating"] for r in rows} == {"1", "2", "3", "4", "5"}
     for rd in ("R1", "R2", "R3"):
         for m in ("aided", "unaided"):
             sel = [r for r in rows if r["reader"] == rd and r["modality"] == m]

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..conventions import READER_SCALE
 from ..errors import InputError
 from . import db as _db
 
@@ -31,8 +32,6 @@ DESIGNS = ("crossover", "sequential")
 MODALITIES = ("unaided", "aided")
 SESSION_SHOWS = {"unaided": ["image"], "aided": ["image", "ai_segmentation", "node_table", "radiomics_probability"]}
 DEFAULT_WASHOUT_DAYS = 28  # FDA 2022 guidance on CAD reader studies suggests at least four weeks
-DEFAULT_SCALE = {1: "definitely benign", 2: "probably benign", 3: "indeterminate", 4: "probably malignant",
-                 5: "definitely malignant"}
 
 
 class RuleRefused(InputError):
@@ -81,7 +80,7 @@ def default_protocol(name: str, design: str = "crossover", washout_days: float |
         "unaided_only_fraction": float(unaided_only_fraction) if design == "sequential" else 0.0,
         "sessions": [{"number": 1, "label": "session 1"}, {"number": 2, "label": "session 2"}],
         "modalities": {m: {"shows": SESSION_SHOWS[m]} for m in MODALITIES},
-        "scale": {str(k): v for k, v in DEFAULT_SCALE.items()},
+        "scale": {str(k): v for k, v in READER_SCALE.items()},
         "binary_call": "LLN metastasis yes/no (the clinical decision; sensitivity/specificity come from it)",
         "analysis_plan": {
             "primary": "patient level, most suspicious node per patient; AUC aided minus unaided, "
