@@ -85,6 +85,22 @@ STATUS_CODE = {
     "negative": Code("LLN-NEG", PRIVATE_SCHEME, "Lymph node, not suspicious for metastasis"),
 }
 
+# --- segment tags (MRML and .seg.nrrd) ----------------------------------------------------------
+# Provenance as QuantitativeReporting records it: who made the segment.
+TAG_KIND = "LLNAssist.Kind"  # "region" or "node"
+TAG_PROVENANCE = "LLNAssist.Provenance"
+TAG_STATUS = "LLNAssist.Status"  # "positive" / "negative"
+TAG_STATUS_CODE = "LLNAssist.StatusCode"
+TAG_NODE_ID = "LLNAssist.NodeId"
+TAG_STATUS_SOURCE = "LLNAssist.StatusSource"  # "model", "criteria" or "reader" (a reader's override)
+TAG_MASK_HASH = "LLNAssist.MaskHash"  # of the mask as LLNAssist last wrote it: detects user edits
+PROVENANCE_AUTOMATIC = "automatic"  # the model's output, untouched
+PROVENANCE_SEMI_AUTOMATIC = "semi-automatic"  # click-to-segment, or a model segment the user edited
+PROVENANCE_MANUAL = "manual"  # drawn by the user
+TERMINOLOGY_CONTEXT = "LLNAssist lateral lymph nodes"
+# Region segments are drawn translucent so the nodes inside stay visible.
+REGION_OPACITY = 0.35
+
 # --- clinical cut-offs ------------------------------------------------------------------------
 # Primary staging (JSCCR, seed 001): short axis >= 7 mm.
 PRIMARY_SHORT_AXIS_MM = 7.0

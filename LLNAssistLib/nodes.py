@@ -46,6 +46,7 @@ class Node:
     radiomics: dict = field(default_factory=dict)
     # (k, j, i) index arrays of the node's voxels in the canonical grid
     voxels: tuple = field(default=(), repr=False)
+    instance: int = 0  # the component / segment number this node was measured from
 
     @property
     def short_axis_mm(self) -> float:
@@ -119,16 +120,24 @@ def signal_heterogeneity(image2d: np.ndarray, mask2d: np.ndarray) -> float:
 
 
 def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_treatment: bool = False,
-                  min_volume_mm3: float = MIN_NODE_VOLUME_MM3, body: Optional[np.ndarray] = None) -> list[Node]:
+                  min_volume_mm3: float = MIN_NODE_VOLUME_MM3, body: Optional[np.ndarray] = None,
+                  instances: Optional[sitk.Image] = None, statuses: Optional[dict] = None) -> list[Node]:
     """Node instances (connected components of the node labels) with everything but radiomics.
-    `body` (canonical grid) may be passed when the caller already has it."""
+    `body` (canonical grid) may be passed when the caller already has it.
+
+    `instances` (same grid as `labels`, 1..n per node) replaces the connected components when the
+    nodes are given one by one (edited segments may touch); `statuses` maps an instance number to
+    its status, otherwise the majority node label decides."""
     canon = to_axial_canonical(labels)
     lab = sitk.GetArrayFromImage(canon)
     img = sitk.GetArrayFromImage(to_axial_canonical(image)).astype(np.float32) if image is not None else None
     spacing = canon.GetSpacing()
     voxel_mm3 = float(np.prod(spacing))
-    node_mask = np.isin(lab, C.NODE_LABELS)
-    comp, n = ndimage.label(node_mask, structure=np.ones((3, 3, 3), bool))
+    if instances is None:
+        node_mask = np.isin(lab, C.NODE_LABELS)
+        comp, n = ndimage.label(node_mask, structure=np.ones((3, 3, 3), bool))
+    else:
+        comp = sitk.GetArrayFromImage(to_axial_canonical(instances)).astype(np.int32)
     region_mask = np.isin(lab, C.REGION_LABELS)
     if body is None and img is not None:
         from .model.preprocess import body_mask
@@ -147,6 +156,8 @@ def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_t
         vals = lab[sl][m]
         pos = float((vals == C.NODE_POSITIVE).mean())
         status = "positive" if pos >= 0.5 else "negative"
+        if statuses and idx in statuses:
+            status = statuses[idx]
         # region: majority region label in an in-plane shell of SHELL_MM (same slices +-1)
         pad = (1, shell_r[1] + 1, shell_r[0] + 1)
         big = tuple(slice(max(0, s.start - p), min(dim, s.stop + p)) for s, p, dim in zip(sl, pad, lab.shape))
@@ -173,7 +184,7 @@ def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_t
         axes.key_slice += sl[0].start
         mid = midline_r(body, region_mask, canon, axes.key_slice)
         side = "left" if centroid[0] < mid else "right"
-        node = Node(0, side, region, status, axes, centroid, nvox, pos, voxels=full_idx)
+        node = Node(0, side, region, status, axes, centroid, nvox, pos, voxels=full_idx, instance=idx)
         node.border_irregularity = border_irregularity(m[axes.key_slice - sl[0].start])
         if img is not None:
             ks = axes.key_slice - sl[0].start

@@ -19,11 +19,31 @@ def _code(c: C.Code) -> list:
 def terminology(region: str, side: str) -> dict:
     """Category anatomical structure; type the lymph-node site (DICOM CID 7600); modifier laterality."""
     site = C.REGION_SITE_CODE.get(region, C.LYMPH_NODE)
-    term = {"contextName": "LLNAssist lateral lymph nodes", "category": _code(C.ANATOMIC_STRUCTURE),
+    term = {"contextName": C.TERMINOLOGY_CONTEXT, "category": _code(C.ANATOMIC_STRUCTURE),
             "type": _code(site)}
     if side in C.LATERALITY_CODE:
         term["typeModifier"] = _code(C.LATERALITY_CODE[side])
     return term
+
+
+def terminology_json() -> dict:
+    """The Slicer terminology file (Resources/Terminology/LLNAssist.term.json) of the codes above,
+    so Slicer's terminology selector and DICOM SEG export know our nodes and regions."""
+
+    def entry(c: C.Code, **extra) -> dict:
+        return {"CodingSchemeDesignator": c.scheme, "CodeValue": c.value, "CodeMeaning": c.meaning, **extra}
+
+    modifiers = [entry(C.LATERALITY_CODE[s]) for s in C.SIDES]
+    node_colour = list(C.LABEL_COLORS[C.NODE_NEGATIVE])
+    types = [entry(C.LYMPH_NODE, recommendedDisplayRGBValue=node_colour, Modifier=modifiers)]
+    for region, code in C.REGION_SITE_CODE.items():
+        colour = list(C.LABEL_COLORS[C.REGION_LABEL_FROM_CODE[region]])
+        types.append(entry(code, recommendedDisplayRGBValue=colour, Modifier=modifiers))
+    return {
+        "SegmentationCategoryTypeContextName": C.TERMINOLOGY_CONTEXT,
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [entry(C.ANATOMIC_STRUCTURE, showAnatomy="false", Type=types)]},
+    }
 
 
 def segments_for(nodes, region_side: dict) -> list[dict]:
@@ -35,16 +55,16 @@ def segments_for(nodes, region_side: dict) -> list[dict]:
         specs.append({"value": value, "id": f"region_{region}_{side}",
                       "name": C.region_segment_name(region, side),
                       "color": [c / 255 for c in C.LABEL_COLORS[label]], "terminology": terminology(region, side),
-                      "tags": {"LLNAssist.Kind": "region", "LLNAssist.Provenance": "automatic"}})
+                      "tags": {C.TAG_KIND: "region", C.TAG_PROVENANCE: C.PROVENANCE_AUTOMATIC}})
         value += 1
     for n in nodes:
         label = C.LABEL_FROM_STATUS[n.dl_status]
         specs.append({"value": value, "id": f"node_{n.node_id}",
                       "name": C.node_segment_name(str(n.node_id), n.dl_status, n.side, n.region),
                       "color": [c / 255 for c in C.LABEL_COLORS[label]], "terminology": terminology(n.region, n.side),
-                      "tags": {"LLNAssist.Kind": "node", "LLNAssist.Status": n.dl_status,
-                               "LLNAssist.StatusCode": C.STATUS_CODE[n.dl_status].value,
-                               "LLNAssist.Provenance": "automatic"}})
+                      "tags": {C.TAG_KIND: "node", C.TAG_STATUS: n.dl_status,
+                               C.TAG_STATUS_CODE: C.STATUS_CODE[n.dl_status].value, C.TAG_NODE_ID: str(n.node_id),
+                               C.TAG_PROVENANCE: C.PROVENANCE_AUTOMATIC}})
         value += 1
     return specs
 

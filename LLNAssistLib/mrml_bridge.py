@@ -1,0 +1,590 @@
+"""MRML bridge: LLNAssist results to a Slicer scene and back. Every function takes the scene (or
+its nodes) as an argument, so the same code runs inside the Slicer application and on a plain
+`vtkMRMLScene` from the `slicer-core` wheel (how it is tested here).
+
+- `load_results`: one segmentation node (regions per side and one segment per node; names,
+  colours, terminology and provenance tags from `conventions`), a long- and a short-axis line per
+  node on its key slice, named with the value, and a table node with the nodes.csv columns.
+- `recompute`: after the user edits, adds or deletes node segments, measures every node segment
+  again (region, side, axes, morphology, radiomics), updates names, colours, terminology,
+  provenance, lines, table and the patient status.
+- `click_to_segment`: a node segment from one point (`clickseg`), provenance semi-automatic.
+- `save_mrb` / `load_mrb`, `jump_to_node`, and `render_key_image` (real slice-view rendering
+  offscreen through EGL).
+
+This is the only library module that imports `slicer`/`vtk` at import time (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from . import conventions as C
+from . import segfile
+from .errors import InputError
+from .imageio import index_to_ras
+from .imageio import to_axial_canonical as _canonical
+
+TABLE_COLUMNS = C.NODES_CSV_COLUMNS + ("provenance", "status_source")
+LINE_ATTR_NODE = "LLNAssist.NodeId"
+LINE_ATTR_AXIS = "LLNAssist.Axis"
+ATTR_ROLE = "LLNAssist.Role"
+ATTR_PATIENT_STATUS = "LLNAssist.PatientStatus"
+ATTR_MODEL_NOTICE = "LLNAssist.ModelNotice"
+ATTR_HIGHEST_ID = "LLNAssist.HighestNodeId"
+
+# Keep the application logic of scenes made here alive as long as the scene (VTK would free it).
+_APP_LOGICS: dict = {}
+_RENDER_COUNTER = itertools.count(1)
+
+
+# --- scenes ---------------------------------------------------------------------------------------
+def new_scene():
+    """A scene with the application, colour, markups and segmentation logics Slicer would register
+    (what markups storage, MRB reading and slice rendering need), for use outside Slicer."""
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.GetColorLogic().AddDefaultColorNodes()
+    app.SetSliceLogics(vtk.vtkCollection())
+    app.SetViewLogics(vtk.vtkCollection())
+    logics = []
+    for name, cls in (("Markups", slicer.vtkSlicerMarkupsLogic),
+                      ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
+        lg = cls()
+        lg.SetMRMLScene(scene)
+        lg.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, lg)
+        logics.append(lg)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+    scene.AddNode(slicer.vtkMRMLInteractionNode())  # views and markups widgets expect the singleton
+    _APP_LOGICS[scene] = (app, logics)
+    return scene
+
+
+def _app_logic(scene):
+    if scene in _APP_LOGICS:
+        return _APP_LOGICS[scene][0]
+    app = getattr(slicer, "app", None)  # inside the Slicer application
+    if app is not None:
+        return app.applicationLogic()
+    raise RuntimeError("this scene has no application logic; create it with mrml_bridge.new_scene()")
+
+
+def load_volume(scene, path: str | os.PathLike, name: str = "T2W"):
+    """A scalar volume node read from a file (NIfTI, NRRD, MHA)."""
+    if not Path(path).is_file():
+        raise InputError(f"image {path} does not exist; check the path")
+    vol = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(vol):
+        scene.RemoveNode(vol)
+        scene.RemoveNode(storage)
+        raise InputError(f"image {path} could not be read; give a NIfTI, NRRD or MHA volume")
+    vol.SetAndObserveStorageNodeID(storage.GetID())
+    vol.CreateDefaultDisplayNodes()
+    return vol
+
+
+# --- geometry ---------------------------------------------------------------------------------------
+def _ijk_to_ras(volume_node) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return m
+
+
+def volume_to_sitk(volume_node) -> sitk.Image:
+    """The volume as a SimpleITK image (LPS geometry), voxel for voxel."""
+    data = volume_node.GetImageData()
+    dims = data.GetDimensions()
+    arr = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(dims[::-1])
+    img = sitk.GetImageFromArray(arr.copy())
+    m = _ijk_to_ras(volume_node)
+    a = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    direction_ras = a[:3, :3] / spacing
+    flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
+    img.SetSpacing(spacing.tolist())
+    img.SetOrigin((flip @ a[:3, 3]).tolist())
+    img.SetDirection((flip @ direction_ras).ravel().tolist())
+    return img
+
+
+def segment_mask(seg_node, segment_id: str, volume_node) -> np.ndarray:
+    """The segment as a boolean (k, j, i) array on the volume's grid."""
+    scene = seg_node.GetScene()
+    lm = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "_llnassist_tmp")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, lm, volume_node)
+        data = lm.GetImageData()
+        dims = data.GetDimensions()
+        return numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(dims[::-1]) > 0
+    finally:
+        scene.RemoveNode(lm)
+
+
+def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
+    """Replaces the segment's content with a (k, j, i) mask on the volume's grid."""
+    oriented = slicer.vtkOrientedImageData()
+    oriented.SetDimensions(*mask.shape[::-1])
+    oriented.SetImageToWorldMatrix(_ijk_to_ras(volume_node))
+    scalars = numpy_support.numpy_to_vtk(mask.astype(np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    oriented.GetPointData().SetScalars(scalars)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    logic.SetBinaryLabelmapToSegment(oriented, seg_node, segment_id, logic.MODE_REPLACE)
+
+
+def _mask_hash(mask: np.ndarray) -> str:
+    return hashlib.sha1(np.packbits(mask.astype(bool)).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+
+
+# --- segments ---------------------------------------------------------------------------------------
+def _tag(segment, name: str) -> str:
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
+
+
+def _terminology_string(region: str, side: str) -> str:
+    """Slicer's TerminologyEntry tag for a segment of this region and side."""
+    t = segfile.terminology(region, side)
+
+    def code(c):
+        return "^".join(c) if c else "^^"
+
+    return "~".join([t["contextName"], code(t["category"]), code(t["type"]), code(t.get("typeModifier")), "",
+                     "^^", "^^"])
+
+
+def _style_node_segment(seg_node, segment_id: str, node_id: int, status: str, side: str, region: str,
+                        provenance: str, mask: Optional[np.ndarray]) -> None:
+    seg = seg_node.GetSegmentation().GetSegment(segment_id)
+    seg.SetName(C.node_segment_name(str(node_id), status, side, region))
+    seg.SetColor(*[c / 255 for c in C.LABEL_COLORS[C.LABEL_FROM_STATUS[status]]])
+    seg.SetTag(C.TAG_KIND, "node")
+    seg.SetTag(C.TAG_NODE_ID, str(node_id))
+    seg.SetTag(C.TAG_STATUS, status)
+    seg.SetTag(C.TAG_STATUS_CODE, C.STATUS_CODE[status].value)
+    seg.SetTag(C.TAG_PROVENANCE, provenance)
+    seg.SetTag("TerminologyEntry", _terminology_string(region, side))
+    if mask is not None:
+        seg.SetTag(C.TAG_MASK_HASH, _mask_hash(mask))
+
+
+def node_segment_ids(seg_node) -> list[str]:
+    """Every segment that is not a region: nodes, including ones the user added."""
+    sg = seg_node.GetSegmentation()
+    ids = [sg.GetNthSegmentID(i) for i in range(sg.GetNumberOfSegments())]
+    return [s for s in ids if _tag(sg.GetSegment(s), C.TAG_KIND) != "region"]
+
+
+def region_segment_ids(seg_node) -> list[str]:
+    sg = seg_node.GetSegmentation()
+    ids = [sg.GetNthSegmentID(i) for i in range(sg.GetNumberOfSegments())]
+    return [s for s in ids if _tag(sg.GetSegment(s), C.TAG_KIND) == "region"]
+
+
+# --- lines and table ------------------------------------------------------------------------------
+def _remove_lines(scene, node_id: Optional[str] = None) -> None:
+    for ln in list(_role_nodes(scene, "vtkMRMLMarkupsLineNode", "axis")):
+        if node_id is None or ln.GetAttribute(LINE_ATTR_NODE) == node_id:
+            scene.RemoveNode(ln)
+
+
+def _role_nodes(scene, cls: str, role: str):
+    coll = scene.GetNodesByClass(cls)
+    out = []
+    for i in range(coll.GetNumberOfItems()):
+        n = coll.GetItemAsObject(i)
+        if n.GetAttribute(ATTR_ROLE) == role:
+            out.append(n)
+    return out
+
+
+def axis_lines(scene) -> list:
+    return _role_nodes(scene, "vtkMRMLMarkupsLineNode", "axis")
+
+
+def _add_line(scene, node_id: int, axis: str, ends_ras, length_mm: float, status: str):
+    ln = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"Node {node_id} {axis} axis {length_mm:.1f} mm")
+    ln.SetAttribute(ATTR_ROLE, "axis")
+    ln.SetAttribute(LINE_ATTR_NODE, str(node_id))
+    ln.SetAttribute(LINE_ATTR_AXIS, axis)
+    ln.CreateDefaultDisplayNodes()
+    for p in ends_ras:
+        ln.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in p]))
+    ln.SetLocked(True)  # measurements follow the segment; edit the segment, not the line
+    disp = ln.GetDisplayNode()
+    if disp is not None:
+        rgb = [c / 255 for c in C.LABEL_COLORS[C.LABEL_FROM_STATUS[status]]]
+        disp.SetSelectedColor(*rgb)
+        disp.SetColor(*rgb)
+        disp.SetPropertiesLabelVisibility(True)
+    return ln
+
+
+def results_table(scene):
+    t = _role_nodes(scene, "vtkMRMLTableNode", "nodes")
+    return t[0] if t else None
+
+
+def _write_table(scene, rows: list[dict]):
+    table = results_table(scene)
+    if table is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "LLNAssist nodes")
+        table.SetAttribute(ATTR_ROLE, "nodes")
+    vt = vtk.vtkTable()
+    for name in TABLE_COLUMNS:
+        numeric = name not in ("side", "region", "dl_status", "provenance", "status_source", "size_positive")
+        col = vtk.vtkDoubleArray() if numeric and name != "node_id" else (
+            vtk.vtkIntArray() if name == "node_id" else vtk.vtkStringArray())
+        col.SetName(name)
+        for r in rows:
+            v = r.get(name, "")
+            if isinstance(col, vtk.vtkStringArray):
+                col.InsertNextValue(str(v))
+            elif isinstance(col, vtk.vtkIntArray):
+                col.InsertNextValue(int(v))
+            else:
+                col.InsertNextValue(float(v) if v not in ("", None) else float("nan"))
+        vt.AddColumn(col)
+    table.SetAndObserveTable(vt)
+    table.SetUseColumnTitleAsColumnHeader(True)
+    return table
+
+
+def table_rows(table) -> list[dict]:
+    vt = table.GetTable()
+    out = []
+    for r in range(vt.GetNumberOfRows()):
+        out.append({vt.GetColumnName(c): vt.GetValue(r, c).ToString() for c in range(vt.GetNumberOfColumns())})
+    return out
+
+
+def jump_to_node(scene, table, row: int) -> tuple:
+    """Centres every slice view on the node of a table row (what clicking a row does)."""
+    rows = table_rows(table)
+    if not 0 <= row < len(rows):
+        raise InputError(f"row {row} is not in the node table (it has {len(rows)} rows)")
+    ras = tuple(float(rows[row][k]) for k in ("centroid_r", "centroid_a", "centroid_s"))
+    coll = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for i in range(coll.GetNumberOfItems()):
+        coll.GetItemAsObject(i).JumpSliceByCentering(*ras)
+    return ras
+
+
+# --- results to scene --------------------------------------------------------------------------------
+@dataclass
+class SceneResults:
+    volume: object
+    segmentation: object
+    table: object
+    lines: list
+    patient_status: str
+
+
+def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResults:
+    """Loads an `llnassist analyze` output folder onto `volume_node` in the scene."""
+    d = Path(result_dir)
+    for name in ("segmentation.seg.nrrd", "nodes.json", "summary.json"):
+        if not (d / name).is_file():
+            raise InputError(f"{d} lacks {name}; give a folder written by `llnassist analyze`")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "LLNAssist segmentation")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(d / "segmentation.seg.nrrd"))
+    if not storage.ReadData(seg):
+        raise InputError(f"{d / 'segmentation.seg.nrrd'} could not be read; run `llnassist analyze` again")
+    scene.RemoveNode(storage)  # the scene's own storage is set when it is saved
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    seg.CreateDefaultDisplayNodes()
+    summary = json.loads((d / "summary.json").read_text())
+    seg.SetAttribute(ATTR_MODEL_NOTICE, C.SYNTHETIC_MODEL_NOTICE)
+    nodes = json.loads((d / "nodes.json").read_text())
+    for sid in region_segment_ids(seg):
+        _set_region_display(seg, sid)
+    for sid in node_segment_ids(seg):
+        mask = segment_mask(seg, sid, volume_node)
+        seg.GetSegmentation().GetSegment(sid).SetTag(C.TAG_MASK_HASH, _mask_hash(mask))
+    rows = []
+    for n in nodes:
+        _add_line(scene, n["node_id"], "long", n["long_axis_ras"], n["long_axis_mm"], n["dl_status"])
+        _add_line(scene, n["node_id"], "short", n["short_axis_ras"], n["short_axis_mm"], n["dl_status"])
+        rows.append({**{k: n[k] for k in C.NODES_CSV_COLUMNS}, "provenance": C.PROVENANCE_AUTOMATIC,
+                     "status_source": "model"})
+    table = _write_table(scene, rows)
+    seg.SetAttribute(ATTR_PATIENT_STATUS, summary["patient_status"])
+    seg.SetAttribute(ATTR_HIGHEST_ID, str(max([n["node_id"] for n in nodes], default=0)))
+    return SceneResults(volume_node, seg, table, axis_lines(scene), summary["patient_status"])
+
+
+def _set_region_display(seg_node, segment_id: str) -> None:
+    disp = seg_node.GetDisplayNode()
+    if disp is not None:
+        # Regions as outlines in slice views (translucent fill renders muddy offscreen and hides
+        # the anatomy); translucent in 3D so the nodes inside stay visible.
+        disp.SetSegmentVisibility2DFill(segment_id, False)
+        disp.SetSegmentOpacity3D(segment_id, C.REGION_OPACITY)
+
+
+# --- edits back to results ------------------------------------------------------------------------------
+def recompute(scene, volume_node, seg_node, post_treatment: bool = False, radiomics: bool = True,
+              radiomics_engine: str = "auto") -> SceneResults:
+    """Measures every node segment again and updates names, colours, tags, lines, table and the
+    patient status. Model segments the user changed become semi-automatic; segments without
+    LLNAssist tags are manual; a node without a model status gets the criteria call."""
+    from .nodes import extract_nodes, patient_status
+    from .radiomics import node_radiomics
+
+    image = volume_to_sitk(volume_node)
+    shape = sitk.GetArrayViewFromImage(image).shape
+    regions = np.zeros(shape, np.uint8)
+    for sid in region_segment_ids(seg_node):
+        seg = seg_node.GetSegmentation().GetSegment(sid)
+        code = sid.split("_")[1] if sid.startswith("region_") else ""
+        label = C.REGION_LABEL_FROM_CODE.get(code)
+        if label:
+            regions[segment_mask(seg_node, sid, volume_node) & (regions == 0)] = label
+    instances = np.zeros(shape, np.int32)
+    info = {}
+    masks = {}
+    for k, sid in enumerate(node_segment_ids(seg_node), start=1):
+        seg = seg_node.GetSegmentation().GetSegment(sid)
+        mask = segment_mask(seg_node, sid, volume_node)
+        if not mask.any():
+            continue  # an emptied segment is a deleted node
+        masks[k] = mask
+        instances[mask] = k
+        prov = _tag(seg, C.TAG_PROVENANCE) or C.PROVENANCE_MANUAL
+        if prov == C.PROVENANCE_AUTOMATIC and _tag(seg, C.TAG_MASK_HASH) not in ("", _mask_hash(mask)):
+            prov = C.PROVENANCE_SEMI_AUTOMATIC
+        old_id = _tag(seg, C.TAG_NODE_ID)
+        info[k] = {"segment_id": sid, "provenance": prov, "status": _tag(seg, C.TAG_STATUS) or None,
+                   "source": _tag(seg, C.TAG_STATUS_SOURCE), "old_id": int(old_id) if old_id.isdigit() else None}
+
+    def as_img(arr):
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(image)
+        return out
+
+    labels_img = as_img(regions)
+    statuses = {k: v["status"] for k, v in info.items() if v["status"]}
+    nodes = extract_nodes(labels_img, image, post_treatment, min_volume_mm3=0.0, instances=as_img(instances),
+                          statuses=statuses) if info else []
+    # Keep the ids people have seen; new nodes get numbers never used before in this case, so a
+    # deleted node's number never comes back as a different node.
+    used = {v["old_id"] for v in info.values() if v["old_id"] is not None}
+    highest = seg_node.GetAttribute(ATTR_HIGHEST_ID)
+    next_id = max(max(used, default=0), int(highest) if highest and highest.isdigit() else 0) + 1
+    _remove_lines(scene)
+    canon = _canonical(image)
+    rows = []
+    for n in sorted(nodes, key=lambda q: (info[q.instance]["old_id"] is None, info[q.instance]["old_id"] or 0)):
+        meta = info[n.instance]
+        if meta["old_id"] is not None:
+            n.node_id = meta["old_id"]
+        else:
+            n.node_id, next_id = next_id, next_id + 1
+        if meta["source"] == "reader" and meta["status"]:
+            source = "reader"
+        elif meta["status"] and meta["source"] != "criteria" and meta["provenance"] != C.PROVENANCE_MANUAL:
+            source = "model"
+        else:  # no model call for this node: the size/morphology criteria decide, again on every edit
+            source = "criteria"
+            n.dl_status = "positive" if n.criteria.get("criteria_positive") else "negative"
+        if radiomics:
+            n.radiomics = node_radiomics(image, as_img(masks[n.instance].astype(np.uint8)), label=1,
+                                         engine=radiomics_engine)
+        _style_node_segment(seg_node, meta["segment_id"], n.node_id, n.dl_status, n.side, n.region,
+                            meta["provenance"], masks[n.instance])
+        seg_node.GetSegmentation().GetSegment(meta["segment_id"]).SetTag(C.TAG_STATUS_SOURCE, source)
+        _add_line(scene, n.node_id, "long", index_to_ras(canon, n.axes.long_ends_ijk), n.long_axis_mm, n.dl_status)
+        _add_line(scene, n.node_id, "short", index_to_ras(canon, n.axes.short_ends_ijk), n.short_axis_mm,
+                  n.dl_status)
+        rows.append({**n.row(), "provenance": meta["provenance"], "status_source": source})
+    for k, meta in info.items():  # tidy the names of segments the measurement skipped
+        if k not in {n.instance for n in nodes}:
+            seg_node.GetSegmentation().GetSegment(meta["segment_id"]).SetTag(C.TAG_KIND, "node")
+    rows.sort(key=lambda r: r["node_id"])
+    seg_node.SetAttribute(ATTR_HIGHEST_ID, str(max([r["node_id"] for r in rows] + [next_id - 1])))
+    table = _write_table(scene, rows)
+    status = patient_status(nodes)
+    seg_node.SetAttribute(ATTR_PATIENT_STATUS, status)
+    return SceneResults(volume_node, seg_node, table, axis_lines(scene), status)
+
+
+def delete_node(scene, volume_node, seg_node, node_id: int, **kw) -> SceneResults:
+    for sid in node_segment_ids(seg_node):
+        if _tag(seg_node.GetSegmentation().GetSegment(sid), C.TAG_NODE_ID) == str(node_id):
+            seg_node.GetSegmentation().RemoveSegment(sid)
+            return recompute(scene, volume_node, seg_node, **kw)
+    raise InputError(f"node {node_id} is not in the segmentation")
+
+
+def set_status(scene, volume_node, seg_node, node_id: int, status: str, **kw) -> SceneResults:
+    """A reader's call on a node (positive/negative), kept through later edits."""
+    if status not in C.LABEL_FROM_STATUS:
+        raise InputError(f"status {status!r} must be positive or negative")
+    for sid in node_segment_ids(seg_node):
+        seg = seg_node.GetSegmentation().GetSegment(sid)
+        if _tag(seg, C.TAG_NODE_ID) == str(node_id):
+            seg.SetTag(C.TAG_STATUS, status)
+            seg.SetTag(C.TAG_STATUS_SOURCE, "reader")
+            return recompute(scene, volume_node, seg_node, **kw)
+    raise InputError(f"node {node_id} is not in the segmentation")
+
+
+def click_to_segment(scene, volume_node, seg_node, ras, **kw) -> tuple[str, SceneResults]:
+    """Adds the node under a clicked RAS point as a semi-automatic segment, then recomputes."""
+    from .clickseg import segment_at
+
+    image = volume_to_sitk(volume_node)
+    mask = sitk.GetArrayFromImage(segment_at(image, ras)).astype(bool)
+    for sid in node_segment_ids(seg_node):  # a click inside an existing node selects it instead
+        if segment_mask(seg_node, sid, volume_node)[mask].mean() > 0.5:
+            raise InputError("that point is inside an existing node; edit its segment with the Segment Editor")
+    sid = seg_node.GetSegmentation().AddEmptySegment("", "new node", [1.0, 1.0, 0.0])
+    set_segment_mask(seg_node, sid, mask, volume_node)
+    seg = seg_node.GetSegmentation().GetSegment(sid)
+    seg.SetTag(C.TAG_KIND, "node")
+    seg.SetTag(C.TAG_PROVENANCE, C.PROVENANCE_SEMI_AUTOMATIC)
+    return sid, recompute(scene, volume_node, seg_node, **kw)
+
+
+# --- files --------------------------------------------------------------------------------------------
+def save_mrb(scene, path: str | os.PathLike) -> Path:
+    """Writes the scene (volume, segmentation, lines, table) to a Medical Reality Bundle."""
+    import tempfile
+
+    from .atomic import atomic_path
+
+    path = Path(path)
+    for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsLineNode", "vtkMRMLTableNode"):
+        coll = scene.GetNodesByClass(cls)
+        for i in range(coll.GetNumberOfItems()):
+            n = coll.GetItemAsObject(i)
+            if n.GetStorageNode() is None:
+                n.AddDefaultStorageNode()
+    with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp:
+        scene.SetRootDirectory(work)
+        if not scene.WriteToMRB(str(tmp)):
+            raise InputError(f"could not write {path}; check the folder is writable")
+    return path
+
+
+def load_mrb(path: str | os.PathLike, cache_dir: Optional[str] = None):
+    """A new scene read from an `.mrb` file."""
+    import tempfile
+
+    if not Path(path).is_file():
+        raise InputError(f"{path} does not exist; check the path")
+    scene = new_scene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(cache_dir or tempfile.mkdtemp(prefix="llnassist-mrb-"))
+    scene.SetCacheManager(cache)
+    io_manager = slicer.vtkDataIOManager()
+    io_manager.SetCacheManager(cache)
+    scene.SetDataIOManager(io_manager)
+    if not scene.ReadFromMRB(str(path)):
+        raise InputError(f"{path} is not a readable Slicer scene bundle (.mrb)")
+    return scene
+
+
+# --- rendering ---------------------------------------------------------------------------------------------
+def render_key_image(scene, volume_node, centre_ras, path: str | os.PathLike, size: int = 400,
+                     field_of_view_mm: float = 80.0) -> Path:
+    """A PNG of a real Slicer axial slice view (background volume, segments, lines) centred on a
+    point, rendered offscreen (EGL with Mesa where there is no display)."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    app = _app_logic(scene)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetMultiSamples(0)  # translucent segments vanish with multisampling offscreen (DESIGN.md)
+    window.SetSize(size, size)
+    renderer = vtk.vtkRenderer()
+    renderer.GetActiveCamera().ParallelProjectionOn()
+    window.AddRenderer(renderer)
+    # The markups widgets need an interactor even when nobody interacts.
+    interactor = vtk.vtkRenderWindowInteractor()
+    interactor.SetRenderWindow(window)
+    interactor.Initialize()
+    factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+    factory.SetMRMLApplicationLogic(app)
+    for manager in ("vtkMRMLSegmentationsDisplayableManager2D", "vtkMRMLMarkupsDisplayableManager"):
+        if not factory.IsDisplayableManagerRegistered(manager):
+            factory.RegisterDisplayableManager(manager)
+    group = slicer.vtkMRMLDisplayableManagerGroup()
+    group.Initialize(factory, renderer)
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLApplicationLogic(app)
+    logic.SetMRMLScene(scene)
+    app.GetSliceLogics().AddItem(logic)
+    slice_node = None
+    try:
+        # A view of its own for each image, removed afterwards: the user's views stay untouched.
+        slice_node = logic.AddSliceNode(f"LLNAssistKey{next(_RENDER_COUNTER)}")
+        group.SetMRMLDisplayableNode(slice_node)
+        logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
+        slice_node.SetOrientation("Axial")
+        logic.ResizeSliceNode(size, size)
+        logic.FitSliceToBackground()
+        slice_node.JumpSliceByCentering(*[float(v) for v in centre_ras])
+        fov = slice_node.GetFieldOfView()
+        slice_node.SetFieldOfView(field_of_view_mm, field_of_view_mm, fov[2])
+        logic.SnapSliceOffsetToIJK()
+        mapper = vtk.vtkImageMapper()
+        mapper.SetColorWindow(255)
+        mapper.SetColorLevel(127.5)
+        mapper.SetInputConnection(logic.GetImageDataConnection())
+        actor = vtk.vtkActor2D()
+        actor.SetMapper(mapper)
+        actor.GetProperty().SetDisplayLocationToBackground()
+        renderer.AddViewProp(actor)
+        window.Render()
+        grab = vtk.vtkWindowToImageFilter()
+        grab.SetInput(window)
+        grab.ReadFrontBufferOff()
+        grab.Update()
+        from .atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            writer = vtk.vtkPNGWriter()
+            writer.SetFileName(str(tmp))
+            writer.SetInputConnection(grab.GetOutputPort())
+            writer.Write()
+    finally:
+        group.SetMRMLDisplayableNode(None)
+        app.GetSliceLogics().RemoveItem(logic)
+        if slice_node is not None:
+            composite = logic.GetSliceCompositeNode()
+            logic.SetMRMLScene(None)
+            scene.RemoveNode(slice_node)
+            if composite is not None:
+                scene.RemoveNode(composite)
+        window.Finalize()
+    return Path(path)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """(rows, cols, channels) uint8 array of a PNG, top row first."""
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    img = reader.GetOutput()
+    dims = img.GetDimensions()
+    arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(dims[1], dims[0], -1)
+    return arr[::-1]
