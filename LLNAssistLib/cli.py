@@ -91,7 +91,8 @@ def cmd_analyze(a) -> int:
 
     opts = AnalysisOptions(model=a.model, device=a.device, post_treatment=a.post_treatment,
                            sex=a.sex, neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy),
-                           series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images)
+                           series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images,
+                           radiomics_engine=a.radiomics_engine)
     summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet))
     print(f"patient LLN status: {summary['patient_status']} ({summary['n_positive']} of {summary['n_nodes']} "
           f"nodes positive, max short axis {summary['max_short_axis_mm']} mm) -> {a.out}")
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --neoadjuvant-radiotherapy: also the clinical-radiomics score")
     s.add_argument("--neoadjuvant-radiotherapy", choices=["yes", "no"])
     s.add_argument("--no-radiomics", action="store_true", help="skip the radiomics score")
+    s.add_argument("--radiomics-engine", choices=["auto", "pyradiomics", "native"], default="auto",
+                   help="native: the project's own implementation of the score's features (no PyRadiomics)")
     s.add_argument("--no-report-images", action="store_true", help="report without key images")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
@@ -210,7 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    # Cancel from the Slicer module sends SIGTERM: unwind like Ctrl-C so staged output is removed.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -301,7 +301,7 @@ class SceneResults:
 def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResults:
     """Loads an `llnassist analyze` output folder onto `volume_node` in the scene."""
     d = Path(result_dir)
-    for name in ("segmentation.seg.nrrd", "nodes.json", "summary.json"):
+    for name in ("segmentation.seg.nrrd", "nodes.json"):
         if not (d / name).is_file():
             raise InputError(f"{d} lacks {name}; give a folder written by `llnassist analyze`")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "LLNAssist segmentation")
@@ -312,9 +312,10 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     scene.RemoveNode(storage)  # the scene's own storage is set when it is saved
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     seg.CreateDefaultDisplayNodes()
-    summary = json.loads((d / "summary.json").read_text())
     seg.SetAttribute(ATTR_MODEL_NOTICE, C.SYNTHETIC_MODEL_NOTICE)
     nodes = json.loads((d / "nodes.json").read_text())
+    # summary.json is written last (it marks a complete result); the report renders before it.
+    status = "positive" if any(n["dl_status"] == "positive" for n in nodes) else "negative"
     for sid in region_segment_ids(seg):
         _set_region_display(seg, sid)
     for sid in node_segment_ids(seg):
@@ -327,9 +328,9 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
         rows.append({**{k: n[k] for k in C.NODES_CSV_COLUMNS}, "provenance": C.PROVENANCE_AUTOMATIC,
                      "status_source": "model"})
     table = _write_table(scene, rows)
-    seg.SetAttribute(ATTR_PATIENT_STATUS, summary["patient_status"])
+    seg.SetAttribute(ATTR_PATIENT_STATUS, status)
     seg.SetAttribute(ATTR_HIGHEST_ID, str(max([n["node_id"] for n in nodes], default=0)))
-    return SceneResults(volume_node, seg, table, axis_lines(scene), summary["patient_status"])
+    return SceneResults(volume_node, seg, table, axis_lines(scene), status)
 
 
 def _set_region_display(seg_node, segment_id: str) -> None:
@@ -339,6 +340,30 @@ def _set_region_display(seg_node, segment_id: str) -> None:
         # the anatomy); translucent in 3D so the nodes inside stay visible.
         disp.SetSegmentVisibility2DFill(segment_id, False)
         disp.SetSegmentOpacity3D(segment_id, C.REGION_OPACITY)
+
+
+def set_display(seg_node, regions: bool = True, negative: bool = True, positive: bool = True,
+                surfaces_3d: bool = False, outline: bool = False, opacity: float = 0.5) -> None:
+    """The module's display controls: which segments show, fill or outline, 3D surfaces, opacity."""
+    disp = seg_node.GetDisplayNode()
+    if disp is None:
+        seg_node.CreateDefaultDisplayNodes()
+        disp = seg_node.GetDisplayNode()
+    sg = seg_node.GetSegmentation()
+    for i in range(sg.GetNumberOfSegments()):
+        sid, seg = sg.GetNthSegmentID(i), sg.GetNthSegment(i)
+        if _tag(seg, C.TAG_KIND) == "region":
+            visible = regions
+        else:
+            visible = positive if _tag(seg, C.TAG_STATUS) == "positive" else negative
+        disp.SetSegmentVisibility(sid, visible)
+    disp.SetVisibility2DFill(not outline)
+    disp.SetVisibility2DOutline(True)
+    disp.SetOpacity2DFill(float(opacity))
+    disp.SetOpacity3D(float(opacity))
+    if surfaces_3d:
+        seg_node.CreateClosedSurfaceRepresentation()
+    disp.SetVisibility3D(bool(surfaces_3d))
 
 
 # --- edits back to results ------------------------------------------------------------------------------
@@ -588,3 +613,48 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     dims = img.GetDimensions()
     arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(dims[1], dims[0], -1)
     return arr[::-1]
+
+
+def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 300,
+                  node_fov_mm: float = 50.0, overview_fov_mm: float = 220.0) -> tuple[dict, Optional[str]]:
+    """Key images for the HTML report from real Slicer slice views: {node_id: base64 PNG} and an
+    overview centred on the node with the largest short axis (base64 PNG, or None without nodes)."""
+    import base64
+    import tempfile
+
+    from .imageio import write_image
+
+    nodes = json.loads((Path(result_dir) / "nodes.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="llnassist-render-") as work:
+        vol_path = Path(work) / "image.nrrd"
+        write_image(image, vol_path, compress=False)
+        scene = new_scene()
+        try:
+            volume = load_volume(scene, vol_path)
+            results = load_results(scene, result_dir, volume)
+            set_display(results.segmentation, opacity=0.45)
+            _set_regions_outline(results.segmentation)
+
+            def shot(centre, fov, px, name):
+                png = render_key_image(scene, volume, centre, Path(work) / name, size=px, field_of_view_mm=fov)
+                return base64.b64encode(png.read_bytes()).decode("ascii")
+
+            images = {}
+            for n in nodes:
+                centre = np.mean(np.array(n["long_axis_ras"]), axis=0)
+                images[n["node_id"]] = shot(centre, node_fov_mm, size, f"node{n['node_id']}.png")
+            overview = None
+            if nodes:
+                big = max(nodes, key=lambda q: q["short_axis_mm"])
+                centre = np.mean(np.array(big["long_axis_ras"]), axis=0)
+                centre[0] = float(np.mean([q["centroid_r"] for q in nodes]))  # both sides in view
+                overview = shot(centre, overview_fov_mm, 2 * size, "overview.png")
+        finally:
+            _APP_LOGICS.pop(scene, None)
+            scene.Clear(1)
+    return images, overview
+
+
+def _set_regions_outline(seg_node) -> None:
+    for sid in region_segment_ids(seg_node):
+        _set_region_display(seg_node, sid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -181,6 +182,27 @@ def node_details(n, canon: sitk.Image) -> dict:
     return d
 
 
+def _key_images(image, stage: Path, nodes, img_arr, lab_arr, spacing):
+    """Key images from real Slicer slice views (slicer-core, offscreen EGL) when available, else
+    matplotlib. LLNASSIST_KEY_IMAGES=matplotlib forces the latter."""
+    from . import report
+
+    why = "LLNASSIST_KEY_IMAGES=matplotlib"
+    if os.environ.get("LLNASSIST_KEY_IMAGES", "slicer") != "matplotlib":
+        try:
+            from . import mrml_bridge
+
+            images, overview = mrml_bridge.report_images(image, stage)
+            return images, overview, "slicer slice view (offscreen)"
+        except ImportError:
+            why = "slicer-core not installed"
+        except Exception as exc:  # no EGL/GL on this machine: the report still gets images
+            why = f"slicer rendering failed: {exc.__class__.__name__}"
+    images = {n.node_id: report.key_image(img_arr, lab_arr, n, spacing) for n in nodes}
+    k = max(nodes, key=lambda q: q.short_axis_mm).axes.key_slice if nodes else lab_arr.shape[0] // 2
+    return images, report.overview_image(img_arr, lab_arr, k, spacing), f"matplotlib ({why})"
+
+
 def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t_write,
                    progress, body):
     from . import report, segfile
@@ -202,10 +224,8 @@ def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, node
         images = {}
         overview = None
         if opts.key_images:
-            for n in nodes:
-                images[n.node_id] = report.key_image(img_arr, lab_arr, n, spacing)
-            k = max(nodes, key=lambda q: q.short_axis_mm).axes.key_slice if nodes else lab_arr.shape[0] // 2
-            overview = report.overview_image(img_arr, lab_arr, k, spacing)
+            images, overview, summary["key_image_renderer"] = _key_images(image, stage, nodes, img_arr, lab_arr,
+                                                                          spacing)
         timings["write"] = time.perf_counter() - t_write
         summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         summary["timings_s"]["total"] = round(sum(timings.values()), 3)

@@ -67,6 +67,21 @@ def test_results_to_scene_names_colours_codes_lines_table(loaded):
     assert "synthetic" in res.segmentation.GetAttribute(B.ATTR_MODEL_NOTICE)
 
 
+def test_display_controls(loaded):
+    scene, vol, res, out = loaded
+    seg = res.segmentation
+    disp = seg.GetDisplayNode()
+    B.set_display(seg, regions=False, negative=True, positive=False, surfaces_3d=True, outline=True, opacity=0.3)
+    for sid, s in _segments(seg).items():
+        kind, status = B._tag(s, C.TAG_KIND), B._tag(s, C.TAG_STATUS)
+        assert disp.GetSegmentVisibility(sid) == (kind == "node" and status == "negative")
+    assert not disp.GetVisibility2DFill() and disp.GetVisibility2DOutline() and disp.GetVisibility3D()
+    assert seg.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert disp.GetOpacity2DFill() == pytest.approx(0.3)
+    B.set_display(seg)
+    assert all(disp.GetSegmentVisibility(sid) for sid in _segments(seg)) and disp.GetVisibility2DFill()
+
+
 def test_table_row_jumps_views_to_the_node(loaded):
     scene, vol, res, out = loaded
     red = scene.AddNewNodeByClass("vtkMRMLSliceNode")

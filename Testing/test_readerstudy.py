@@ -431,3 +431,36 @@ def test_cli_study_workflow_and_errors(tmp_path):
     c3.write_text("id,truth\nC9,1\n")
     p = run_cli("study", "add-cases", study, c3)
     assert p.returncode == 2 and "lacks column" in p.stderr
+
+
+def test_reading_session_resumes_preloads_and_times(tmp_path):
+    from LLNAssistLib.readerstudy.session import ReadingSession
+
+    clock = Clock()
+    loc = str(tmp_path / "s.sqlite")
+    st = _study(loc, clock, readers=("R1",), n=4)
+    ses = ReadingSession(st, "R1")
+    first = ses.current
+    assert first["session"] == 1 and ses.progress_text().startswith("session 1: case 1 of 4")
+    if first["modality"] == "unaided":
+        assert "ai" not in first["view"]
+    peek = ses.peek_next()
+    assert peek and peek["case_id"] != first["case_id"] and peek["image"].startswith("/data/")
+    clock.advance(seconds=42)
+    assert ses.seconds_on_case() == pytest.approx(42)
+    ses.rate(4, call=True, point=(1, 2, 3), most_suspicious=True)
+    st.close()
+    st = Study.open(loc, clock=clock)  # Slicer restarted
+    ses = ReadingSession(st, "R1")
+    assert ses.current["case_id"] == first["case_id"] and ses.ratings()[0]["rating"] == 4
+    nxt = ses.submit()
+    assert nxt["case_id"] == peek["case_id"]
+    for _ in range(3):
+        ses.rate(2, call=False, point=(0, 0, 0))
+        ses.submit()
+    assert ses.current is not None and not ses.current["available"] and "washout" in ses.waiting
+    with pytest.raises(Exception, match="washout"):
+        ses.rate(3)
+    clock.advance(days=29)
+    assert ses.advance()["session"] == 2
+    st.close()

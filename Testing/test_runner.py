@@ -1,0 +1,54 @@
+"""The separate-process analysis the Slicer module uses: progress, completion, cancel, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from LLNAssistLib import runner
+
+
+def test_progress_lines_map_to_one_rising_bar():
+    lines = ["[llnassist]   0.0% load: reading image", "[llnassist]   0.0% inference: model x on cpu",
+             "[llnassist]  50.0% radiomics: node 1/2", "[llnassist] 100.0% radiomics: node 2/2",
+             "[llnassist] 100.0% done: /x"]
+    ev = [runner.parse_progress(x) for x in lines]
+    assert [e.stage for e in ev] == ["load", "inference", "radiomics", "radiomics", "done"]
+    fr = [e.fraction for e in ev]
+    assert fr == sorted(fr) and fr[-1] == 1.0 and ev[2].detail == "node 1/2"
+    assert runner.parse_progress("patient LLN status: positive") is None
+
+
+def test_analysis_in_a_separate_process_reports_stages_and_finishes(small_case, tmp_path):
+    out = tmp_path / "out"
+    cmd = runner.analyze_command(str(small_case / "image.nii.gz"), str(out), device="cpu", radiomics_engine="native")
+    proc = runner.AnalysisProcess(cmd).start()
+    events = []
+    while proc.running:
+        events += proc.poll()
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.log
+    stages = [e.stage for e in events]
+    assert stages[0] == "load" and stages[-1] == "done" and "inference" in stages and "radiomics" in stages
+    assert [e.fraction for e in events] == sorted(e.fraction for e in events)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_nodes"] >= 1
+
+
+def test_cancel_stops_the_process_and_publishes_nothing(small_case, tmp_path):
+    out = tmp_path / "out"
+    proc = runner.AnalysisProcess(runner.analyze_command(str(small_case / "image.nii.gz"), str(out),
+                                                         device="cpu")).start()
+    t0 = time.time()
+    while proc.running and not any(e.stage == "inference" for e in proc.poll()) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.cancel()
+    assert proc.cancelled and proc.returncode != 0 and not proc.error
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial folder left beside it
+
+
+def test_bad_input_gives_the_clis_one_line_error(tmp_path):
+    proc = runner.AnalysisProcess(runner.analyze_command(str(tmp_path / "missing.nii.gz"), str(tmp_path / "o"),
+                                                         device="cpu")).start()
+    assert proc.wait(timeout=120) == 2
+    assert proc.error.startswith("error:") and "does not exist" in proc.error
