@@ -26,3 +26,42 @@ def test_module_file_imports_outside_slicer():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert hasattr(mod, "LLNAssistLogic") and callable(mod.LLNAssistLogic.process)
+
+
+def _ui_names() -> dict:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(REPO / "LLNAssist" / "Resources" / "UI" / "LLNAssist.ui").getroot()
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def test_every_ui_name_the_widget_uses_exists_in_the_ui_file():
+    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", src))
+    # names built in loops: getattr(self.ui, f"score{k}Button") and the display check boxes
+    used |= {f"score{k}Button" for k in range(1, 6)} if 'f"score{k}Button"' in src else set()
+    used |= set(re.findall(r'"(\w+CheckBox)"', src))
+    names = _ui_names()
+    assert used and not (used - set(names)), used - set(names)
+
+
+def test_ui_parameter_bindings_match_the_parameter_node_and_custom_widgets_are_declared():
+    import xml.etree.ElementTree as ET
+
+    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text()
+    block = src.split("class LLNAssistParameterNode:")[1].split("\n\n\n")[0]
+    fields = set(re.findall(r"^\s{4}(\w+):", block, re.M))
+    root = ET.parse(REPO / "LLNAssist" / "Resources" / "UI" / "LLNAssist.ui").getroot()
+    bound = {p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound and bound <= fields, bound - fields
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    used_classes = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used_classes if c.startswith(("ctk", "qMRML"))} <= declared
+
+
+def test_module_resources_are_listed_in_cmake():
+    cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text()
+    for p in (REPO / "LLNAssist" / "Resources").rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(REPO / "LLNAssist").as_posix().replace("LLNAssist.", "${MODULE_NAME}.")
+            assert rel in cmake, p
