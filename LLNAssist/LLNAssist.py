@@ -80,6 +80,15 @@ class LLNAssist(ScriptedLoadableModule):
         parent.acknowledgementText = (
             "Implements the methods of seed 001 (nnU-Net LLN segmentation, short axis) and seed 002 "
             "(radiomics score, reader study). Not for clinical use.")
+        # Our lymph-node codes in Slicer's terminology selector and DICOM SEG export.
+        slicer.app.connect("startupCompleted()", registerTerminology)
+
+
+def registerTerminology():
+    path = os.path.join(_REPO, "Resources", "Terminology", "LLNAssist.term.json")
+    logic = getattr(slicer.modules, "terminologies", None)
+    if logic is not None and os.path.isfile(path):
+        logic.logic().LoadTerminologyFromFile(path)
 
 
 #
