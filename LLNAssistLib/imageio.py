@@ -36,7 +36,7 @@ def read_image(path: str | os.PathLike, series: Optional[str] = None, kind: str 
             raise InputError(f"{kind} {_describe(path)} is empty (0 bytes); give a NIfTI, NRRD, MHA file "
                              "or a DICOM series folder")
         try:
-            with _quiet_native_stderr():
+            with quiet_native_output(2):
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(str(path))
                 reader.ReadImageInformation()
@@ -49,19 +49,23 @@ def read_image(path: str | os.PathLike, series: Optional[str] = None, kind: str 
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
-    """ITK/MetaIO print to the C stderr on bad files; the user gets our one-line error instead."""
+def quiet_native_output(fd: int = 2):
+    """Silences what native libraries print on a file descriptor (ITK/MetaIO on stderr for bad
+    files, where the user gets our one-line error; VTK's zip writer on stdout for every file)."""
     try:
-        saved = os.dup(2)
+        import sys
+
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        saved = os.dup(fd)
     except OSError:
         yield
         return
     try:
         with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
+            os.dup2(devnull.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
+        os.dup2(saved, fd)
         os.close(saved)
 
 

@@ -127,6 +127,7 @@ def volume_to_sitk(volume_node) -> sitk.Image:
 def segment_mask(seg_node, segment_id: str, volume_node) -> np.ndarray:
     """The segment as a boolean (k, j, i) array on the volume's grid."""
     scene = seg_node.GetScene()
+    colours_before = {n.GetID() for n in _nodes(scene, "vtkMRMLColorTableNode")}
     lm = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "_llnassist_tmp")
     try:
         ids = vtk.vtkStringArray()
@@ -136,7 +137,16 @@ def segment_mask(seg_node, segment_id: str, volume_node) -> np.ndarray:
         dims = data.GetDimensions()
         return numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(dims[::-1]) > 0
     finally:
-        scene.RemoveNode(lm)
+        _remove_with_helpers(scene, lm)
+        # the export makes a colour table per call; without this a long edit session fills the scene
+        for n in _nodes(scene, "vtkMRMLColorTableNode"):
+            if n.GetID() not in colours_before:
+                scene.RemoveNode(n)
+
+
+def _nodes(scene, cls: str) -> list:
+    coll = scene.GetNodesByClass(cls)
+    return [coll.GetItemAsObject(i) for i in range(coll.GetNumberOfItems())]
 
 
 def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
@@ -203,7 +213,17 @@ def region_segment_ids(seg_node) -> list[str]:
 def _remove_lines(scene, node_id: Optional[str] = None) -> None:
     for ln in list(_role_nodes(scene, "vtkMRMLMarkupsLineNode", "axis")):
         if node_id is None or ln.GetAttribute(LINE_ATTR_NODE) == node_id:
-            scene.RemoveNode(ln)
+            _remove_with_helpers(scene, ln)
+
+
+def _remove_with_helpers(scene, node) -> None:
+    """Removes a node with its display and storage nodes (RemoveNode alone leaves them behind)."""
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for h in helpers:
+        if h is not None and h.GetScene() is not None:
+            scene.RemoveNode(h)
 
 
 def _role_nodes(scene, cls: str, role: str):
@@ -506,7 +526,11 @@ def save_mrb(scene, path: str | os.PathLike) -> Path:
                 n.AddDefaultStorageNode()
     with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp:
         scene.SetRootDirectory(work)
-        if not scene.WriteToMRB(str(tmp)):
+        from .imageio import quiet_native_output
+
+        with quiet_native_output(1):  # the zip writer prints every file it adds
+            ok = scene.WriteToMRB(str(tmp))
+        if not ok:
             raise InputError(f"could not write {path}; check the folder is writable")
     return path
 

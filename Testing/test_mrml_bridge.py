@@ -265,3 +265,12 @@ def test_click_to_segment_on_phantoms_against_truth(tmp_path):
             sa = node_axes(m, img.GetSpacing()).short_axis_mm
             ok += abs(sa - n["short_axis_mm"]) <= 1.5 and np.linalg.norm(c - ras) <= 3.0
     assert total >= 15 and ok / total >= 0.8, (ok, total)
+
+
+def test_repeated_recompute_adds_no_nodes_to_the_scene(loaded):
+    scene, vol, res, out = loaded
+    B.recompute(scene, vol, res.segmentation, radiomics=False)
+    n = scene.GetNumberOfNodes()
+    for _ in range(3):
+        B.recompute(scene, vol, res.segmentation, radiomics=False)
+    assert scene.GetNumberOfNodes() == n
