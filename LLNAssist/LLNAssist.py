@@ -8,6 +8,7 @@ the parameter node wrapper reads the annotations at class creation.
 """
 
 import os
+import pathlib
 import sys
 from typing import Annotated
 
@@ -60,6 +61,12 @@ PIP_REQUIREMENTS = {"monai": "monai>=1.3", "skimage": "scikit-image>=0.21", "sli
                     "nrrd": "pynrrd>=1.0", "matplotlib": "matplotlib>=3.7"}
 
 
+def _path_or_none(path):
+    """A parameter-node path, or None when the user has not chosen one (an empty path reads '.')."""
+    text = str(path) if path is not None else ""
+    return None if text in ("", ".") else text
+
+
 #
 # Module
 #
@@ -98,7 +105,7 @@ def registerTerminology():
 class LLNAssistParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    modelFolder: str = ""
+    modelFolder: pathlib.Path  # ctkPathLineEdit binds to pathlib.Path only
     postTreatment: bool = False
     showRegions: bool = True
     showNegative: bool = True
@@ -108,7 +115,7 @@ class LLNAssistParameterNode:
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     resultSegmentation: vtkMRMLSegmentationNode
     resultTable: vtkMRMLTableNode
-    studyPath: str = ""
+    studyPath: pathlib.Path
     readerId: str = ""
 
 
@@ -140,7 +147,6 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LLNAssistLogic()
 
-        self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
         self.ui.modelComboBox.addItem(f"{DEFAULT_MODEL_ID} (bundled, synthetic training data)", "")
         self.ui.modelComboBox.addItem("Model folder...", "folder")
         self.ui.syntheticNoticeLabel.text = conventions.SYNTHETIC_MODEL_NOTICE
@@ -257,7 +263,9 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureDependencies(askConfirmation=True):
                 return
             p = self._parameterNode
-            model = p.modelFolder if self.ui.modelComboBox.currentData == "folder" else None
+            model = _path_or_none(p.modelFolder) if self.ui.modelComboBox.currentData == "folder" else None
+            if self.ui.modelComboBox.currentData == "folder" and model is None:
+                raise ValueError("Choose the model folder (with model.pt and manifest.json).")
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setVisible(True)
             self.ui.progressBar.value = 0
@@ -309,8 +317,8 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                                   "LLNAssist click")
         self._placeNode.RemoveAllControlPoints()
         self.addObserver(self._placeNode, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
-        slicer.modules.markups.logic().StartPlaceMode(False)
         slicer.modules.markups.logic().SetActiveList(self._placeNode)
+        slicer.modules.markups.logic().StartPlaceMode(False)
 
     def onPointPlaced(self, caller, event):
         ras = [0.0, 0.0, 0.0]
@@ -376,7 +384,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStartReading(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not open the reader study.", waitCursor=True):
-            self._session = self.logic.openReadingSession(p.studyPath, p.readerId)
+            self._session = self.logic.openReadingSession(_path_or_none(p.studyPath), p.readerId)
             self.showCurrentCase()
 
     def showCurrentCase(self):

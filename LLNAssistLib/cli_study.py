@@ -180,6 +180,14 @@ def cmd_export(a) -> int:
     return 0
 
 
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return Path(path).suffix.lower() in (".sqlite", ".db", ".sqlite3")
+
+
 def _rows_from(source: str):
     """Analysis rows from a ratings CSV or a study (file or postgresql:// URL)."""
     from .readerstudy import Study
@@ -187,7 +195,7 @@ def _rows_from(source: str):
     from .readerstudy.db import is_url
     from .stats.readerstudy_analysis import read_ratings
 
-    if is_url(source) or Path(source).suffix.lower() in (".sqlite", ".db", ".sqlite3"):
+    if is_url(source) or _is_sqlite(source):
         with Study.open(source) as st:
             return study_rows(st)
     return read_ratings(source)

@@ -54,6 +54,16 @@ def test_ui_parameter_bindings_match_the_parameter_node_and_custom_widgets_are_d
     root = ET.parse(REPO / "LLNAssist" / "Resources" / "UI" / "LLNAssist.ui").getroot()
     bound = {p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
     assert bound and bound <= fields, bound - fields
+    # Slicer's GUI connectors bind only these widget/type pairs (slicer/parameterNodeWrapper/guiConnectors.py)
+    allowed = {"QCheckBox": ("bool",), "ctkPathLineEdit": ("pathlib.Path",), "QComboBox": ("Annotated[str, Choice",),
+               "ctkSliderWidget": ("Annotated[float, WithinRange",), "qMRMLNodeComboBox": ("vtkMRML",),
+               "QLineEdit": ("str",)}
+    for w in root.iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.find("string").text
+                annotation = re.search(rf"^\s{{4}}{name}:\s*([^=\n]+)", block, re.M).group(1).strip()
+                assert annotation.startswith(allowed[w.get("class")]), (w.get("name"), annotation)
     declared = {c.find("class").text for c in root.iter("customwidget")}
     used_classes = {w.get("class") for w in root.iter("widget")}
     assert {c for c in used_classes if c.startswith(("ctk", "qMRML"))} <= declared
