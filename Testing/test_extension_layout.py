@@ -75,3 +75,12 @@ def test_module_resources_are_listed_in_cmake():
         if p.is_file():
             rel = p.relative_to(REPO / "LLNAssist").as_posix().replace("LLNAssist.", "${MODULE_NAME}.")
             assert rel in cmake, p
+
+
+def test_slicer_side_code_parses_as_python_3_9():
+    """Slicer 5.8 bundles Python 3.9: the module and the library must parse with its grammar."""
+    import ast
+
+    files = list((REPO / "LLNAssistLib").rglob("*.py")) + [REPO / "LLNAssist" / "LLNAssist.py"]
+    for p in files:
+        ast.parse(p.read_text(), filename=str(p), feature_version=(3, 9))
