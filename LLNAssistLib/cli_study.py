@@ -32,7 +32,7 @@ def _ai_from_analysis(folder: str) -> dict:
         for row in csv.DictReader(f):
             nodes.append(row)
     probs = [float(n["radiomics_probability"]) for n in nodes if n.get("radiomics_probability")]
-    return {"status": summary.get("patient_status"), "probability": max(probs) if probs else 0.0,
+    return {"status": summary.get("patient_status"), "probability": max(probs) if probs else None,
             "nodes": nodes, "segmentation": str(d / "segmentation.seg.nrrd"), "report": str(d / "report.html"),
             "model": summary.get("model")}
 
@@ -263,6 +263,13 @@ def cmd_power(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from .webreader import serve
+
+    serve(a.study, a.reader, host=a.host, port=a.port)
+    return 0
+
+
 def add_parsers(sub, parser_class) -> None:
     s = sub.add_parser("study", help="reader studies: create, add cases/readers, read, status, export, analyze")
     st = s.add_subparsers(dest="study_command", parser_class=parser_class)
@@ -327,6 +334,13 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--override-reason", help="coordinator override of the washout, recorded in the audit log")
     p.add_argument("--by", default="coordinator", help="who overrides")
     p.set_defaults(func=cmd_rate)
+
+    p = st.add_parser("serve", help="a browser reading station for one reader (trame-slicer)")
+    p.add_argument("study", help=where)
+    p.add_argument("--reader", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_serve)
 
     p = st.add_parser("export", help="ratings CSV with readable labels (latest versions; no image paths)")
     p.add_argument("study", help=where)

@@ -464,3 +464,14 @@ def test_reading_session_resumes_preloads_and_times(tmp_path):
     clock.advance(days=29)
     assert ses.advance()["session"] == 2
     st.close()
+
+
+def test_crossover_groups_stay_balanced_with_odd_strata(tmp_path):
+    st = Study.create(str(tmp_path / "s.sqlite"), "odd", seed=3)
+    st.add_cases([{"case_id": f"P{i}", "truth": 1} for i in range(3)] + [{"case_id": f"N{i}", "truth": 0}
+                                                                         for i in range(3)])
+    st.add_reader("R1")
+    st.next_case("R1", 1)
+    groups = Counter(c["group"] for c in st.cases())
+    assert groups == {0: 3, 1: 3}
+    st.close()

@@ -11,5 +11,11 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
       || echo "warning: could not install postgresql; the PostgreSQL tests will fail" >&2
   fi
 fi
+# The browser-reader tests drive Debian's chromium with Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser tests..." >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the browser tests will fail" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q Testing "$@"

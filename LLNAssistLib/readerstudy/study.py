@@ -258,13 +258,16 @@ class Study:
         if not cases:
             raise RuleRefused("the study has no cases; add cases before reading")
         rng = random.Random(f"{proto['seed']}:groups")
-        # Stratified by truth so both groups (crossover) or both arms (sequential) hold positives.
+        # Stratified by truth so both groups (crossover) or both arms (sequential) hold positives;
+        # the alternation runs on across strata so odd-sized strata do not all favour group 0.
+        running = 0
         for truth in (0, 1):
             ids = [c for c, t in cases if t == truth]
             rng.shuffle(ids)
             for k, cid in enumerate(ids):
                 if proto["design"] == "crossover":
-                    grp = k % 2
+                    grp = running % 2
+                    running += 1
                 else:  # sequential: group 1 = kept unaided-only
                     grp = int(k < round(proto["unaided_only_fraction"] * len(ids)))
                 self.db.run("UPDATE cases SET grp = ? WHERE case_id = ?", (grp, cid))
