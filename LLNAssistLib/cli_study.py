@@ -201,22 +201,34 @@ def _rows_from(source: str):
     return read_ratings(source)
 
 
+def _finite(obj):
+    """JSON has no NaN or Infinity: undefined statistics are written as null."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def cmd_analyze(a) -> int:
     from .atomic import write_text
-    from .stats import study_report
+    from .stats import mrmc, study_report
     from .stats.readerstudy_analysis import analyze_rows
 
     res, arrays = analyze_rows(_rows_from(a.ratings))
     truth, ratings = arrays[3], arrays[4]
     html_path = a.html or str(Path(a.out).with_suffix(".html"))
     write_text(html_path, study_report.build(res, ratings, truth))
-    write_text(a.out, json.dumps(res, indent=2) + "\n")
+    write_text(a.out, json.dumps(_finite(res), indent=2, allow_nan=False) + "\n")
     for m, v in res["modalities"].items():
         print(f"{m}: mean AUC {v['mean_auc']:.4f}")
     if "or_jackknife" in res["mrmc"]:
-        r = res["mrmc"]["or_jackknife"]["rrrc"]
-        print(f"OR (jackknife) random readers and cases: F({r['df1']}, {r['df2']:.2f}) = {r['f']:.3f}, "
-              f"p = {r['p']:.4f}, {res['difference']} = {r['diff']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]")
+        print("OR (jackknife) random readers and cases: "
+              + mrmc.describe_rrrc(res["mrmc"]["or_jackknife"]["rrrc"], res["difference"]))
     return 0
 
 

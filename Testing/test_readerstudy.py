@@ -475,3 +475,41 @@ def test_crossover_groups_stay_balanced_with_odd_strata(tmp_path):
     groups = Counter(c["group"] for c in st.cases())
     assert groups == {0: 3, 1: 3}
     st.close()
+
+
+def test_node_level_analysis_matches_rated_points_to_reference_nodes(tmp_path):
+    from LLNAssistLib.readerstudy.analysis import analyze_study
+
+    clock = Clock()
+    st = Study.create(str(tmp_path / "n.sqlite"), "nodes", washout_days=0, clock=clock)
+    cases = []
+    for i in range(12):
+        pos = i % 3 == 0
+        nodes = [{"node_id": "a", "status": "positive" if pos else "negative", "centroid_r": 60.0,
+                  "centroid_a": 10.0, "centroid_s": -20.0},
+                 {"node_id": "b", "status": "negative", "centroid_r": -60.0, "centroid_a": 12.0, "centroid_s": -25.0}]
+        cases.append({"case_id": f"C{i:02d}", "truth": int(pos), "truth_nodes": nodes})
+    st.add_cases(cases)
+    for r in ("R1", "R2"):
+        st.add_reader(r)
+    rng = np.random.default_rng(0)
+    for session in (1, 2):
+        for r in ("R1", "R2"):
+            while (nxt := st.next_case(r, session)) is not None:
+                c = nxt["case_id"]
+                pos = int(c[1:]) % 3 == 0
+                s_a = int(np.clip(round(2 + 2 * pos + rng.normal(0, 0.7)), 1, 5))
+                # points a few mm off the centres still match; a third point far from any node does not
+                st.record_rating(reader=r, session=session, case=c, rating=s_a, call=s_a >= 4,
+                                 point=(62.0, 9.0, -21.0), most_suspicious=True)
+                st.record_rating(reader=r, session=session, case=c, rating=1, point=(-58.5, 12.0, -24.0))
+                st.record_rating(reader=r, session=session, case=c, rating=2, point=(0.0, -80.0, 0.0))
+                st.submit_read(r, session, c)
+    res, _ = analyze_study(st)
+    assert res["unit"].startswith("patient") and res["n_cases"] == 12 and res["n_diseased"] == 4
+    for r in ("R1", "R2"):
+        for m in ("aided", "unaided"):
+            nl = res["node_level"][r][m]
+            assert (nl["n_nodes"], nl["n_positive"], nl["n_patients"]) == (36, 4, 12)
+        assert res["node_level"][r]["paired"]["n_nodes"] == 36
+    st.close()

@@ -136,3 +136,26 @@ def test_ratings_csv_with_calls_ai_and_nodes(tmp_path):
     bad.write_text("reader,modality,case,truth,rating,call\nA,u,C1,1,3,maybe\n")
     p = run_cli("study", "analyze", bad, "--out", tmp_path / "o.json")
     assert p.returncode == 2 and "yes or no" in p.stderr
+
+
+def test_identical_readers_give_defined_json_not_nan(tmp_path):
+    """Two readers with identical ratings: MS(T*R) = 0, so Hillis' ddf is infinite (chi-square
+    limit) and the fixed-case F is undefined; the JSON must stay valid (null, never NaN)."""
+    rng = np.random.default_rng(1)
+    truth = (rng.random(30) < 0.4).astype(int)
+    lines = ["reader,modality,case,truth,rating"]
+    for m, sep in (("unaided", 1.0), ("aided", 2.0)):
+        scores = np.clip(np.round(2.5 + sep * truth + rng.normal(0, 1, 30)), 1, 5).astype(int)
+        for rd in ("A", "B"):
+            lines += [f"{rd},{m},c{i},{truth[i]},{scores[i]}" for i in range(30)]
+    f = tmp_path / "same.csv"
+    f.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o.json"
+    p = run_cli("study", "analyze", f, "--out", out, check_rc=0)
+    assert "undefined" not in p.stderr
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    rrrc = res["mrmc"]["or_delong"]["rrrc"]
+    assert rrrc["df2"] is None and 0 <= rrrc["p"] <= 1
+    assert res["mrmc"]["or_delong"]["rrfc"]["f"] is None
+    # the chi-square limit equals the F test with a huge ddf
+    assert rrrc["p"] == pytest.approx(stats.f.sf(rrrc["f"], 1, 1e9), rel=1e-6)

@@ -56,6 +56,21 @@ def or_covariance(ratings: np.ndarray, truth: np.ndarray, method: str) -> np.nda
     return (c - 1) / c * dev.T @ dev
 
 
+def _f_test(ms_num: float, den: float, df1: int, ddf: float):
+    """F statistic and p; None when undefined (zero denominator). An infinite ddf (MS(T*R) = 0,
+    readers agree exactly on the modality difference) is the chi-square limit."""
+    if not den > 0:
+        return None, None
+    f = ms_num / den
+    if not np.isfinite(ddf):
+        return float(f), float(stats.chi2.sf(f * df1, df1))
+    return float(f), float(stats.f.sf(f, df1, ddf))
+
+
+def _hillis_ddf(den: float, ms_tr: float, df_tr: int) -> float:
+    return float(den ** 2 / (ms_tr ** 2 / df_tr)) if ms_tr > 0 else float("inf")
+
+
 def obuchowski_rockette(ratings: np.ndarray, truth: np.ndarray, method: str = "jackknife",
                         level: float = 0.95) -> dict:
     """OR analysis of (t, r, c) ratings; `diff`/`ci` are modality 0 minus modality 1."""
@@ -71,23 +86,25 @@ def obuchowski_rockette(ratings: np.ndarray, truth: np.ndarray, method: str = "j
     q = 0.5 + level / 2
     # random readers, random cases (Hillis 2007 denominator and ddf)
     den = ms_tr + r * max(cov2 - cov3, 0.0)
-    f = ms_t / den
-    ddf = den ** 2 / (ms_tr ** 2 / ((t - 1) * (r - 1)))
+    ddf = _hillis_ddf(den, ms_tr, (t - 1) * (r - 1))
+    f, p = _f_test(ms_t, den, t - 1, ddf)
     se = np.sqrt(2.0 / r * den)
-    tq = stats.t.ppf(q, ddf)
-    rrrc = {"f": float(f), "df1": t - 1, "df2": float(ddf), "p": float(stats.f.sf(f, t - 1, ddf)), "diff": diff,
+    tq = stats.t.ppf(q, ddf) if np.isfinite(ddf) else stats.norm.ppf(q)
+    rrrc = {"f": f, "df1": t - 1, "df2": ddf if np.isfinite(ddf) else None, "p": p, "diff": diff,
             "ci": [float(diff - tq * se), float(diff + tq * se)]}
     # fixed readers, random cases
     den_fr = var - cov1 + (r - 1) * max(cov2 - cov3, 0.0)
-    chi2 = (t - 1) * ms_t / den_fr
-    se_fr = np.sqrt(2.0 / r * den_fr)
-    zq = stats.norm.ppf(q)
-    frrc = {"chi2": float(chi2), "df": t - 1, "p": float(stats.chi2.sf(chi2, t - 1)), "diff": diff,
-            "ci": [float(diff - zq * se_fr), float(diff + zq * se_fr)]}
+    if den_fr > 0:
+        chi2 = (t - 1) * ms_t / den_fr
+        se_fr = np.sqrt(2.0 / r * den_fr)
+        zq = stats.norm.ppf(q)
+        frrc = {"chi2": float(chi2), "df": t - 1, "p": float(stats.chi2.sf(chi2, t - 1)), "diff": diff,
+                "ci": [float(diff - zq * se_fr), float(diff + zq * se_fr)]}
+    else:
+        frrc = {"chi2": None, "df": t - 1, "p": None, "diff": diff, "ci": [None, None]}
     # random readers, fixed cases
-    f_rf = ms_t / ms_tr
-    rrfc = {"f": float(f_rf), "df1": t - 1, "df2": (t - 1) * (r - 1),
-            "p": float(stats.f.sf(f_rf, t - 1, (t - 1) * (r - 1))), "diff": diff}
+    f_rf, p_rf = _f_test(ms_t, ms_tr, t - 1, (t - 1) * (r - 1))
+    rrfc = {"f": f_rf, "df1": t - 1, "df2": (t - 1) * (r - 1), "p": p_rf, "diff": diff}
     return {"aucs": theta.tolist(), "mean_auc": mt.tolist(), "var": var, "cov1": cov1, "cov2": cov2, "cov3": cov3,
             "ms_t": float(ms_t), "ms_tr": float(ms_tr), "rrrc": rrrc, "frrc": frrc, "rrfc": rrfc}
 
@@ -109,6 +126,16 @@ def dbm(ratings: np.ndarray, truth: np.ndarray) -> dict:
         + yc[None, None, :] - g
     ms_trc = (resid ** 2).sum() / ((t - 1) * (r - 1) * (c - 1))
     den = ms_tr + max(ms_tc - ms_trc, 0.0)
-    f = ms_t / den
-    ddf = den ** 2 / (ms_tr ** 2 / ((t - 1) * (r - 1)))
-    return {"rrrc": {"f": float(f), "df1": t - 1, "df2": float(ddf), "p": float(stats.f.sf(f, t - 1, ddf))}}
+    ddf = _hillis_ddf(den, ms_tr, (t - 1) * (r - 1))
+    f, p = _f_test(ms_t, den, t - 1, ddf)
+    return {"rrrc": {"f": f, "df1": t - 1, "df2": ddf if np.isfinite(ddf) else None, "p": p}}
+
+
+def describe_rrrc(r: dict, difference: str) -> str:
+    """One line for people: difference, CI, F test (undefined parts shown as such)."""
+    def num(x, fmt):
+        return "undefined" if x is None else format(x, fmt)
+
+    df2 = "inf" if r.get("df2") is None else format(r["df2"], ".2f")
+    return (f"{difference} = {r['diff']:.4f} (95% CI {num(r['ci'][0], '.4f')} to {num(r['ci'][1], '.4f')}); "
+            f"F({r['df1']}, {df2}) = {num(r['f'], '.3f')}, p = {num(r['p'], '.4f')}")

@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from . import roc
+from . import mrmc, roc
 
 
 def _png(fig) -> str:
@@ -54,8 +54,7 @@ def build(result: dict, ratings: np.ndarray, truth: np.ndarray) -> str:
     if "or_jackknife" in result["mrmc"]:
         r = result["mrmc"]["or_jackknife"]["rrrc"]
         parts.append(f"<h2>MRMC (Obuchowski-Rockette, jackknife, random readers and cases)</h2><p>"
-                     f"{e(result['difference'])}: {r['diff']:.4f} (95% CI {r['ci'][0]:.4f} to {r['ci'][1]:.4f}); "
-                     f"F({r['df1']}, {r['df2']:.2f}) = {r['f']:.3f}, p = {r['p']:.4f}.</p>")
+                     f"{e(mrmc.describe_rrrc(r, result['difference']))}.</p>")
     if result.get("kappa"):
         fig, axes = plt.subplots(1, len(modalities), figsize=(5.0 * len(modalities), 3.8))
         for ax, m in zip(np.atleast_1d(axes), modalities):
