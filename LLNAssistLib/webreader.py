@@ -34,11 +34,14 @@ class ReaderApp:
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout("Axial Only")
         self._case_nodes: list = []
+        self._point_node = None
+        self._point = None
         state = self.server.state
         state.update({"progress": "", "case_id": "", "modality": "", "ai_text": "", "ai_nodes": [], "score": None,
                       "call": None,
-                      "comment": "", "message": "", "done": False, "reader": reader})
+                      "comment": "", "message": "", "done": False, "reader": reader, "point_text": ""})
         self.server.controller.submit = self.submit
+        self.server.controller.place_point = self.place_point
         self._build_ui()
         self.show_current()
 
@@ -56,7 +59,8 @@ class ReaderApp:
 
         s, state = self.session, self.server.state
         self._clear_case()
-        state.score, state.call, state.comment = None, None, ""
+        self._point_node, self._point = None, None
+        state.score, state.call, state.comment, state.point_text = None, None, "", ""
         state.progress = s.progress_text() + (f" - {s.waiting}" if s.waiting else "")
         state.done = s.done or bool(s.waiting)
         state.case_id, state.modality, state.ai_text, state.ai_nodes = "", "", "", []
@@ -85,15 +89,37 @@ class ReaderApp:
         self.slicer_app.display_manager.reset_views()
         state.case_id, state.modality = view["case_id"], view["modality"]
 
-    def submit(self) -> None:
+    def place_point(self) -> None:
+        """Next click in the slice view places a point on the node (as in the Slicer module)."""
+        import slicer
+
+        if self._point_node is None:
+            self._point_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Reader point")
+            self._point_node.CreateDefaultDisplayNodes()
+            self._point_node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._on_point)
+            self._case_nodes.append(self._point_node)
+        self._point_node.RemoveAllControlPoints()
+        self.slicer_app.markups_logic.place_node(self._point_node, False)
+        self.server.state.point_text = "click on the node in the image"
+
+    def _on_point(self, node, _event) -> None:
+        pos = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(node.GetNumberOfControlPoints() - 1, pos)
+        self._point = [round(v, 1) for v in pos]
+        with self.server.state as state:
+            state.point_text = "point R {:.1f}, A {:.1f}, S {:.1f}".format(*self._point)
+
+    def submit(self, score=None, call=None, comment=None) -> None:
+        """The page sends its score, call and comment with the click, so a state update still in
+        flight cannot make the server see an older answer."""
         state = self.server.state
         try:
-            if state.score not in (1, 2, 3, 4, 5):
+            if score not in (1, 2, 3, 4, 5):
                 raise InputError("choose a score from 1 to 5")
-            if state.call not in ("yes", "no"):
+            if call not in ("yes", "no"):
                 raise InputError("answer the call: LLN metastasis yes or no")
-            self.session.rate(int(state.score), call=state.call == "yes", most_suspicious=True,
-                              comment=state.comment or "")
+            self.session.rate(int(score), call=call == "yes", most_suspicious=True, comment=comment or "",
+                              point=self._point)
             self.session.submit()
         except InputError as exc:
             state.message = str(exc)
@@ -118,15 +144,20 @@ class ReaderApp:
                 html.Div("Reader {{ reader }} - {{ progress }}", id="progress", classes="mx-4")
             with layout.content:
                 with html.Div(classes="d-flex flex-row", style="height: calc(100vh - 70px)"):
-                    with html.Div(style="flex: 1 1 auto; position: relative"):
+                    with html.Div(id="view", style="flex: 1 1 auto; position: relative"):
                         self.layout_manager.initialize_layout_grid(layout)
                     with v.VCard(style="width: 340px", classes="ma-2 pa-2", v_if="!done"):
                         v.VCardTitle("Case {{ case_id }} ({{ modality }})", id="case-title")
                         html.Div("{{ ai_text }}", id="ai-text", v_if="modality === 'aided'")
                         html.Div("Node {{ n.node_id }}: {{ n.side }} {{ n.region }}, {{ n.dl_status }}, short axis "
-                                 "{{ n.short_axis_mm }} mm, p {{ n.radiomics_probability }}",
+                                 "{{ n.short_axis_mm }} mm{{ n.radiomics_probability ? ', radiomics p ' + "
+                                 "n.radiomics_probability : '' }}",
                                  v_for="n in ai_nodes", key="n.node_id", classes="ai-node text-caption",
                                  v_if="modality === 'aided'")
+                        with html.Div(classes="d-flex flex-row align-center mt-2"):
+                            v.VBtn("Place point on node", id="place-point", size="small",
+                                   click=self.server.controller.place_point)
+                            html.Div("{{ point_text }}", id="point-text", classes="mx-2 text-caption")
                         html.Div("Score (keys 1-5)", classes="mt-2")
                         with html.Div(classes="d-flex flex-row"):
                             for k in range(1, 6):
@@ -139,7 +170,8 @@ class ReaderApp:
                             v.VBtn("No", id="call-no", click="call = 'no'", classes="mx-1",
                                    color=("call === 'no' ? 'primary' : undefined",))
                         v.VTextField(v_model=("comment",), label="Comment", id="comment", classes="mt-2")
-                        v.VBtn("Submit case", id="submit", click=self.server.controller.submit, color="success")
+                        v.VBtn("Submit case", id="submit", color="success",
+                               click=(self.server.controller.submit, "[score, call, comment]"))
                         html.Div("{{ message }}", id="message", classes="mt-2")
                     with v.VCard(classes="ma-2 pa-2", v_if="done"):
                         html.Div("{{ progress }}", id="done-text")

@@ -141,13 +141,39 @@ def test_reading_flow_in_a_real_browser(study, browser, tmp_path):
         page.click("#submit")
         page.wait_for_function("document.querySelector('#message').innerText.includes('score')")
         assert _ratings(study) == []
+        # place a point on the node: click the centre of the slice view
+        page.click("#place-point")
+        page.wait_for_function("document.querySelector('#point-text').innerText.includes('click')")
+        box = page.locator("#view").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function("document.querySelector('#point-text').innerText.includes('point R')", timeout=20000)
         page.keyboard.press("4")  # keys 1-5 score
         page.click("#call-yes")
         page.click("#submit")
-        page.wait_for_function("document.querySelector('#progress').innerText.includes('case 2 of 2')",
-                               timeout=30000)
+        try:
+            page.wait_for_function("document.querySelector('#progress').innerText.includes('case 2 of 2')",
+                                   timeout=30000)
+        except Exception:  # say what the page said
+            raise AssertionError(f"page did not advance: {_text(page, '#message')}") from None
         got = _ratings(study)
         assert len(got) == 1 and got[0][2:] == (4, 1, "submitted")  # durable before the page moved on
+        # the point is where the click was: the view is fitted to the image, so its centre is the
+        # image's in-plane centre (R, A), and it lies on a slice of the image (S)
+        with sqlite3.connect(study) as c:
+            case_id, r, a, s_ = c.execute("SELECT r.case_id, g.r, g.a, g.s FROM ratings g JOIN reads r "
+                                          "ON r.read_id = g.read_id").fetchone()
+            image = json.loads(c.execute("SELECT json_object('p', image) FROM cases WHERE case_id = ?",
+                                         (case_id,)).fetchone()[0])["p"]
+        import SimpleITK as sitk
+
+        from LLNAssistLib.imageio import index_to_ras
+
+        img = sitk.ReadImage(image)
+        size = np.array(img.GetSize())
+        corners = index_to_ras(img, np.array([[0, 0, 0], size - 1]))
+        centre = corners.mean(0)
+        assert abs(r - centre[0]) < 10 and abs(a - centre[1]) < 10, (r, a, centre)
+        assert corners[:, 2].min() - 2 <= s_ <= corners[:, 2].max() + 2
         second = _text(page, "#case-title")
         # the other case of the crossover is read with the other modality in session 1
         assert ("(aided)" in second) == (first_modality == "unaided")
