@@ -24,7 +24,7 @@ import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from LLNAssistLib.pipeline import AnalysisOptions, analyze
-opts = AnalysisOptions(device=sys.argv[3], radiomics=sys.argv[5] == "1")
+opts = AnalysisOptions(device=sys.argv[3], radiomics=sys.argv[5] == "1", radiomics_engine=sys.argv[6])
 t = time.perf_counter()
 s = analyze(sys.argv[1], sys.argv[2], opts)
 wall = time.perf_counter() - t
@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="256x24,384x32,512x40")
     ap.add_argument("--no-radiomics", action="store_true")
+    ap.add_argument("--radiomics-engine", choices=["auto", "pyradiomics", "native"], default="auto",
+                    help="native where PyRadiomics cannot be installed (the lent GPU machine)")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -57,7 +59,8 @@ def main():
             # warm-up run (first CUDA/cuDNN use, file cache), then the measured run
             for rep in range(2 if a.device != "cpu" else 1):
                 p = subprocess.run([sys.executable, "-c", CHILD, str(case / "image.nii.gz"), str(case / f"out{rep}"),
-                                    a.device, str(a.threads), "0" if a.no_radiomics else "1"],
+                                    a.device, str(a.threads), "0" if a.no_radiomics else "1",
+                                    a.radiomics_engine],
                                    env=env, capture_output=True, text=True, cwd=REPO)
                 if p.returncode:
                     sys.exit(f"benchmark failed for {spec}:\n{p.stderr[-2000:]}")
