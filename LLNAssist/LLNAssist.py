@@ -129,7 +129,6 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._timer = None
         self._placeNode = None
         self._session = None
         self._score = None
@@ -305,10 +304,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDisplayChanged(self, *args):
         p = self._parameterNode
         if p and p.resultSegmentation:
-            from LLNAssistLib import mrml_bridge
-
-            mrml_bridge.set_display(p.resultSegmentation, p.showRegions, p.showNegative, p.showPositive, p.show3D,
-                                    p.outlineOnly, p.opacity)
+            self.logic.applyDisplay(p)
 
     def onClickToSegment(self, active):
         if not active:
@@ -570,7 +566,6 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
 
     # -- correction ------------------------------------------------------------------------------------
     def _edit(self, fn, p, *args):
-        from LLNAssistLib import mrml_bridge
 
         self.recomputing = True
         try:
@@ -578,11 +573,17 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
                      post_treatment=p.postTreatment)
             results = out[1] if isinstance(out, tuple) else out
             p.resultTable = results.table
-            mrml_bridge.set_display(p.resultSegmentation, p.showRegions, p.showNegative, p.showPositive, p.show3D,
-                                    p.outlineOnly, p.opacity)
+            self.applyDisplay(p)
             return out
         finally:
             self.recomputing = False
+
+    def applyDisplay(self, p):
+        """The parameter node's display choices applied to the result segmentation."""
+        from LLNAssistLib import mrml_bridge
+
+        mrml_bridge.set_display(p.resultSegmentation, p.showRegions, p.showNegative, p.showPositive, p.show3D,
+                                p.outlineOnly, p.opacity)
 
     def recompute(self, p):
         from LLNAssistLib import mrml_bridge

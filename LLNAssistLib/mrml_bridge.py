@@ -196,24 +196,25 @@ def _style_node_segment(seg_node, segment_id: str, node_id: int, status: str, si
         seg.SetTag(C.TAG_MASK_HASH, _mask_hash(mask))
 
 
-def node_segment_ids(seg_node) -> list[str]:
-    """Every segment that is not a region: nodes, including ones the user added."""
+def _segment_ids(seg_node, regions: bool) -> list[str]:
     sg = seg_node.GetSegmentation()
     ids = [sg.GetNthSegmentID(i) for i in range(sg.GetNumberOfSegments())]
-    return [s for s in ids if _tag(sg.GetSegment(s), C.TAG_KIND) != "region"]
+    return [s for s in ids if (_tag(sg.GetSegment(s), C.TAG_KIND) == "region") == regions]
+
+
+def node_segment_ids(seg_node) -> list[str]:
+    """Every segment that is not a region: nodes, including ones the user added."""
+    return _segment_ids(seg_node, regions=False)
 
 
 def region_segment_ids(seg_node) -> list[str]:
-    sg = seg_node.GetSegmentation()
-    ids = [sg.GetNthSegmentID(i) for i in range(sg.GetNumberOfSegments())]
-    return [s for s in ids if _tag(sg.GetSegment(s), C.TAG_KIND) == "region"]
+    return _segment_ids(seg_node, regions=True)
 
 
 # --- lines and table ------------------------------------------------------------------------------
-def _remove_lines(scene, node_id: Optional[str] = None) -> None:
-    for ln in list(_role_nodes(scene, "vtkMRMLMarkupsLineNode", "axis")):
-        if node_id is None or ln.GetAttribute(LINE_ATTR_NODE) == node_id:
-            _remove_with_helpers(scene, ln)
+def _remove_lines(scene) -> None:
+    for ln in axis_lines(scene):
+        _remove_with_helpers(scene, ln)
 
 
 def _remove_with_helpers(scene, node) -> None:
@@ -226,14 +227,8 @@ def _remove_with_helpers(scene, node) -> None:
             scene.RemoveNode(h)
 
 
-def _role_nodes(scene, cls: str, role: str):
-    coll = scene.GetNodesByClass(cls)
-    out = []
-    for i in range(coll.GetNumberOfItems()):
-        n = coll.GetItemAsObject(i)
-        if n.GetAttribute(ATTR_ROLE) == role:
-            out.append(n)
-    return out
+def _role_nodes(scene, cls: str, role: str) -> list:
+    return [n for n in _nodes(scene, cls) if n.GetAttribute(ATTR_ROLE) == role]
 
 
 def axis_lines(scene) -> list:
@@ -302,9 +297,8 @@ def jump_to_node(scene, table, row: int) -> tuple:
     if not 0 <= row < len(rows):
         raise InputError(f"row {row} is not in the node table (it has {len(rows)} rows)")
     ras = tuple(float(rows[row][k]) for k in ("centroid_r", "centroid_a", "centroid_s"))
-    coll = scene.GetNodesByClass("vtkMRMLSliceNode")
-    for i in range(coll.GetNumberOfItems()):
-        coll.GetItemAsObject(i).JumpSliceByCentering(*ras)
+    for slice_node in _nodes(scene, "vtkMRMLSliceNode"):
+        slice_node.JumpSliceByCentering(*ras)
     return ras
 
 
@@ -461,9 +455,6 @@ def recompute(scene, volume_node, seg_node, post_treatment: bool = False, radiom
         _add_line(scene, n.node_id, "short", index_to_ras(canon, n.axes.short_ends_ijk), n.short_axis_mm,
                   n.dl_status)
         rows.append({**n.row(), "provenance": meta["provenance"], "status_source": source})
-    for k, meta in info.items():  # tidy the names of segments the measurement skipped
-        if k not in {n.instance for n in nodes}:
-            seg_node.GetSegmentation().GetSegment(meta["segment_id"]).SetTag(C.TAG_KIND, "node")
     rows.sort(key=lambda r: r["node_id"])
     seg_node.SetAttribute(ATTR_HIGHEST_ID, str(max([r["node_id"] for r in rows] + [next_id - 1])))
     table = _write_table(scene, rows)
@@ -656,8 +647,7 @@ def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 
         try:
             volume = load_volume(scene, vol_path)
             results = load_results(scene, result_dir, volume)
-            set_display(results.segmentation, opacity=0.45)
-            _set_regions_outline(results.segmentation)
+            set_display(results.segmentation, opacity=0.45)  # regions stay outlines (load_results)
 
             def shot(centre, fov, px, name):
                 png = render_key_image(scene, volume, centre, Path(work) / name, size=px, field_of_view_mm=fov)
@@ -678,7 +668,3 @@ def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 
             scene.Clear(1)
     return images, overview
 
-
-def _set_regions_outline(seg_node) -> None:
-    for sid in region_segment_ids(seg_node):
-        _set_region_display(seg_node, sid)

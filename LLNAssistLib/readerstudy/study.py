@@ -391,9 +391,7 @@ class Study:
     def _open_read_locked(self, reader, session, case, override) -> dict:
         _, modality = self._assignment(reader, session, case)
         latest = self._latest_read(reader, session, case)
-        if latest and latest[1] in ("open", "correcting"):
-            return {"read_id": latest[0], "status": latest[1], "version": latest[2], "modality": latest[4]}
-        if latest:
+        if latest:  # resume an open read, or report the submitted one
             return {"read_id": latest[0], "status": latest[1], "version": latest[2], "modality": latest[4]}
         ok, why = self._available(reader, session, case)
         if not ok:
