@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -240,7 +239,9 @@ def main(argv=None) -> int:
         sys.stderr.write("error: interrupted; no output was published\n")
         return 130
     except Exception as exc:  # unexpected: keep the details for a bug report, but not on screen
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / "llnassist-crash.log"
+        import tempfile
+
+        log = Path(tempfile.gettempdir()) / "llnassist-crash.log"  # TMPDIR/TEMP/TMP; no /tmp on Windows
         try:
             log.write_text(traceback.format_exc())
             where = f"; details in {log}"

@@ -100,6 +100,88 @@ def load_volume(scene, path: str | os.PathLike, name: str = "T2W"):
     return vol
 
 
+def export_volume(volume_node, path: str | os.PathLike) -> Path:
+    """Writes the volume's voxels and geometry to a file (NRRD, NIfTI, MHA) without touching the
+    node's storage node: Slicer's saveNode would point the user's volume at this file, and the
+    next scene save would go there."""
+    from .atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(volume_to_sitk(volume_node), str(tmp), True)
+    return path
+
+
+# --- what a reading case adds to the scene ------------------------------------------------------------
+# Data the module loads per case; everything else (parameter nodes, views, colour tables) stays.
+_CASE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsNode", "vtkMRMLTableNode",
+                 "vtkMRMLModelNode")
+
+
+def clear_case(scene) -> int:
+    """Removes the previous case's data (volumes, segmentations, markups, tables, models, with their
+    display and storage nodes). Unlike scene.Clear(0), which resets every singleton node, the
+    module's parameter node (study, reader, display settings) keeps its values. Returns how many
+    nodes were removed."""
+    removed = 0
+    for cls in _CASE_CLASSES:
+        for node in _nodes(scene, cls):
+            # a node already removed with its parent, or the views' own hidden slice models
+            if node.GetScene() is None or (cls == "vtkMRMLModelNode" and node.GetHideFromEditors()):
+                continue
+            _remove_with_helpers(scene, node)
+            removed += 1
+    return removed
+
+
+# --- point placement ------------------------------------------------------------------------------------
+def _singleton(scene, cls: str):
+    node = scene.GetFirstNodeByClass(cls)
+    if node is None:
+        node = scene.AddNode(getattr(slicer, cls)())
+    return node
+
+
+def placement_node(scene, node=None, name: str = "LLNAssist point"):
+    """The fiducial list points are placed into: `node` while it is still in this scene, else a
+    new one (a node kept across a scene clear has a stale id and is no longer in the scene)."""
+    if node is not None and node.GetScene() is not None and scene.IsNodePresent(node):
+        return node
+    return scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+
+
+def start_placement(scene, node) -> None:
+    """Place mode for one point into `node` (what Markups' StartPlaceMode(False) does)."""
+    selection = _singleton(scene, "vtkMRMLSelectionNode")
+    selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+    selection.SetActivePlaceNodeID(node.GetID())
+    interaction = _singleton(scene, "vtkMRMLInteractionNode")
+    interaction.SetPlaceModePersistence(0)
+    interaction.SetCurrentInteractionMode(interaction.Place)
+
+
+def stop_placement(scene) -> None:
+    """Back to view/transform mode (unticking a place button must end place mode)."""
+    interaction = scene.GetFirstNodeByClass("vtkMRMLInteractionNode")
+    if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+        interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+
+
+def placing(scene) -> bool:
+    interaction = scene.GetFirstNodeByClass("vtkMRMLInteractionNode")
+    return interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place
+
+
+# --- edits the module recomputes after ---------------------------------------------------------------------
+def edit_events() -> tuple:
+    """vtkSegmentation events that mean the user changed the masks. Only the source (binary
+    labelmap) representation counts: RepresentationModified also fires when 3D surfaces are
+    generated for display, which is not an edit. Slicer < 5.4 called it MasterRepresentationModified."""
+    seg = slicer.vtkSegmentation
+    source = getattr(seg, "SourceRepresentationModified", None) or seg.MasterRepresentationModified
+    return (source, seg.SegmentAdded, seg.SegmentRemoved)
+
+
 # --- geometry ---------------------------------------------------------------------------------------
 def _ijk_to_ras(volume_node) -> vtk.vtkMatrix4x4:
     m = vtk.vtkMatrix4x4()
@@ -219,8 +301,11 @@ def _remove_lines(scene) -> None:
 
 def _remove_with_helpers(scene, node) -> None:
     """Removes a node with its display and storage nodes (RemoveNode alone leaves them behind)."""
-    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    helpers = []
+    if hasattr(node, "GetNumberOfDisplayNodes"):  # tables are storable, not displayable
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if hasattr(node, "GetNumberOfStorageNodes"):
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
     scene.RemoveNode(node)
     for h in helpers:
         if h is not None and h.GetScene() is not None:
@@ -515,12 +600,16 @@ def save_mrb(scene, path: str | os.PathLike) -> Path:
             n = coll.GetItemAsObject(i)
             if n.GetStorageNode() is None:
                 n.AddDefaultStorageNode()
-    with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp:
+    root = scene.GetRootDirectory()
+    with tempfile.TemporaryDirectory(prefix="llnassist-mrb-") as work, atomic_path(path) as tmp:
         scene.SetRootDirectory(work)
         from .imageio import quiet_native_output
 
-        with quiet_native_output(1):  # the zip writer prints every file it adds
-            ok = scene.WriteToMRB(str(tmp))
+        try:
+            with quiet_native_output(1):  # the zip writer prints every file it adds
+                ok = scene.WriteToMRB(str(tmp))
+        finally:  # the work folder is deleted; the scene's own root must not point there
+            scene.SetRootDirectory(root)
         if not ok:
             raise InputError(f"could not write {path}; check the folder is writable")
     return path

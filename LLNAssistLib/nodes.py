@@ -140,7 +140,7 @@ def extract_nodes(labels: sitk.Image, image: Optional[sitk.Image] = None, post_t
         comp = sitk.GetArrayFromImage(to_axial_canonical(instances)).astype(np.int32)
     region_mask = np.isin(lab, C.REGION_LABELS)
     if body is None and img is not None:
-        from .model.preprocess import body_mask
+        from .body import body_mask
 
         body = body_mask(img)
     objects = ndimage.find_objects(comp)

@@ -118,7 +118,7 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     t = time.perf_counter()
     progress("measurement", 0.0, "nodes, regions, axes")
-    from .model.preprocess import body_mask
+    from .body import body_mask
 
     image_canon = to_axial_canonical(image)
     body = body_mask(sitk.GetArrayViewFromImage(image_canon))

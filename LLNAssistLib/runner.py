@@ -1,6 +1,12 @@
 """Run `llnassist analyze` in a separate process, as the Slicer module does (the UI stays
 responsive): progress parsed from the CLI's stage lines, the log kept, Cancel that stops the
-process and leaves no output (the CLI writes its output folder atomically)."""
+whole process tree without blocking the caller and leaves no output (the CLI writes its output
+folder atomically).
+
+On Windows `PythonSlicer.exe` is a launcher that starts the real interpreter as its child, so
+stopping the started process alone would leave the analysis running: Cancel ends every
+descendant (psutil, as SlicerMONAIAuto3DSeg does; `taskkill /T` or the POSIX process group where
+psutil is missing)."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -62,6 +69,74 @@ def analyze_command(image: str, out_dir: str, model: Optional[str] = None, devic
     return cmd
 
 
+# Windows process-creation flags (subprocess defines the names only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def popen_platform_kwargs(os_name: str = os.name) -> dict:
+    """Popen arguments that detach the analysis: on Windows no console window opens for it
+    (PythonSlicer.exe is a console program) and it gets its own process group; elsewhere its own
+    session, so its process group can be signalled as a whole."""
+    if os_name == "nt":
+        return {"creationflags": CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _descendants(pid: int) -> list:
+    """psutil processes of pid and all its descendants (empty without psutil or when gone)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_tree(procs: list, kill: bool) -> None:
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill() if kill else p.terminate()
+        except psutil.Error:
+            pass
+
+
+def stop_process_tree(pid: int, grace_s: float = 5.0, os_name: str = os.name) -> None:
+    """Ends pid and every descendant: terminate, then kill what is left after grace_s. Blocks up
+    to grace_s; AnalysisProcess.cancel runs it on a worker thread."""
+    procs = _descendants(pid)  # snapshot first: a launcher's children are re-parented once it dies
+    posix_group = os_name != "nt" and hasattr(os, "killpg")
+    if posix_group:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if procs:
+        import psutil
+
+        _signal_tree(procs, kill=False)
+        _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+        # descendants started during the grace period are ended too
+        alive = alive + [c for p in alive for c in _descendants(p.pid)[1:]]
+        _signal_tree(alive, kill=True)
+        psutil.wait_procs(alive, timeout=grace_s)
+    elif os_name == "nt":  # no psutil: Windows' own tree kill, without a console window
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
+                       creationflags=CREATE_NO_WINDOW, check=False)
+    elif posix_group:
+        time.sleep(grace_s)
+    if posix_group:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @dataclass
 class AnalysisProcess:
     """Start with `start()`; call `poll()` from a timer: it returns new Progress events."""
@@ -80,7 +155,7 @@ class AnalysisProcess:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._proc = subprocess.Popen(self.command, cwd=self.cwd or repo, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+                                      stderr=subprocess.STDOUT, text=True, bufsize=1, **popen_platform_kwargs())
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
@@ -116,31 +191,24 @@ class AnalysisProcess:
     def wait(self, timeout: Optional[float] = None) -> int:
         """Blocks until the process ends (for `waitForCompletion` and scripts)."""
         assert self._proc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._proc.wait(timeout=timeout)
-        while self.returncode is None:
-            self.poll()
+        while self.returncode is None:  # a descendant may hold the output pipe a little longer
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            if not self.poll():
+                time.sleep(0.02)
         return self.returncode
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Stops the analysis: SIGTERM to its process group, SIGKILL after a grace period."""
-        if not self.running:
+        """Asks the analysis and all its descendants to stop and returns at once (it never blocks
+        Slicer's GUI thread): terminate now, kill what is left after grace_s, on a worker thread.
+        `poll()` reports the end as usual; `running` turns False when the last descendant that
+        held the output is gone."""
+        if not self.running or self._cancelled:
             return
         self._cancelled = True
-        posix = hasattr(os, "killpg")
-        try:
-            if posix:  # the whole group: the CLI may have started workers
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            else:
-                self._proc.terminate()
-            self._proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            if posix:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            else:
-                self._proc.kill()
-        except ProcessLookupError:
-            pass
-        self.wait()
+        threading.Thread(target=stop_process_tree, args=(self._proc.pid, grace_s), daemon=True).start()
 
     @property
     def cancelled(self) -> bool:

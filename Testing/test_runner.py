@@ -52,3 +52,56 @@ def test_bad_input_gives_the_clis_one_line_error(tmp_path):
                                                          device="cpu")).start()
     assert proc.wait(timeout=120) == 2
     assert proc.error.startswith("error:") and "does not exist" in proc.error
+
+
+# A stand-in for Windows' PythonSlicer.exe: a launcher that starts the real interpreter as a child
+# sharing its output, then waits. The child leaves the launcher's process group (as on Windows,
+# where there is none to signal) and ignores SIGTERM, so only a tree kill ends it.
+_LAUNCHER = r"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print("[llnassist]   0.0% load: child", child.pid, flush=True)
+child.wait()
+"""
+_REAL_INTERPRETER = r"""
+import os, signal, time
+os.setsid()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("[llnassist]  10.0% inference: working", flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cancel_ends_the_whole_process_tree_without_blocking():
+    import sys
+
+    proc = runner.AnalysisProcess([sys.executable, "-c", _LAUNCHER, _REAL_INTERPRETER]).start()
+    t0 = time.time()
+    while not any(e.stage == "inference" for e in proc.poll()) and time.time() - t0 < 60:
+        time.sleep(0.02)
+    child = int(next(x for x in proc.log if "load: child" in x).split()[-1])
+    assert _alive(child)
+    proc.cancel(grace_s=2.0)
+    # cancel() returned while the interpreter still ignores SIGTERM: nothing waited on the caller's thread
+    assert proc.running and _alive(child)
+    t0 = time.time()
+    while proc.running and time.time() - t0 < 60:
+        proc.poll()
+        time.sleep(0.05)
+    assert not proc.running and proc.cancelled and not proc.error
+    assert not _alive(child), "the real interpreter outlived Cancel"
+
+
+def test_windows_runs_the_analysis_without_a_console_window():
+    flags = runner.popen_platform_kwargs("nt")["creationflags"]
+    assert flags & 0x08000000  # CREATE_NO_WINDOW (winbase.h)
+    assert runner.popen_platform_kwargs("posix") == {"start_new_session": True}

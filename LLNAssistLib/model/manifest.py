@@ -11,10 +11,9 @@ from typing import Optional
 from .. import conventions as C
 from ..atomic import write_text
 from ..errors import InputError
+from ..resources import models_dir
 
 MANIFEST = "manifest.json"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_MODELS = REPO_ROOT / "Resources" / "models"
 DEFAULT_MODEL_ID = "llnassist-phantom-dynunet25d"
 
 
@@ -57,9 +56,11 @@ def write_manifest(model_dir: str | os.PathLike, manifest: dict) -> None:
 
 
 def available_models() -> list[str]:
-    if not BUNDLED_MODELS.is_dir():
+    """Ids of the bundled models (source tree or installed extension: see resources.py)."""
+    root = models_dir()
+    if not root.is_dir():
         return []
-    return sorted(p.name for p in BUNDLED_MODELS.iterdir() if (p / MANIFEST).is_file())
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
 
 
 def resolve_model_dir(model: Optional[str]) -> Path:
@@ -74,8 +75,8 @@ def resolve_model_dir(model: Optional[str]) -> Path:
             raise InputError(f"model folder {p} has no {MANIFEST}; point --model to a folder made by "
                              "`llnassist train` or to a bundled model id")
         return p
-    if (BUNDLED_MODELS / model / MANIFEST).is_file():
-        return BUNDLED_MODELS / model
+    if (models_dir() / model / MANIFEST).is_file():
+        return models_dir() / model
     avail = ", ".join(available_models()) or "none"
     raise InputError(f"unknown model {model!r}; give a bundled model id ({avail}) or a model folder path")
 

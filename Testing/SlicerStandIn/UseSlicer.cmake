@@ -1,0 +1,10 @@
+# Stand-in for Slicer's UseSlicer.cmake: testing switch and the macros scripted modules call.
+option(BUILD_TESTING "Register the modules' tests" ON)
+if(BUILD_TESTING)
+  enable_testing()
+endif()
+set(_SLICER_STANDIN_DIR "${CMAKE_CURRENT_LIST_DIR}")
+find_package(Python3 REQUIRED COMPONENTS Interpreter)
+include("${CMAKE_CURRENT_LIST_DIR}/StandInCompilePythonScript.cmake")
+include("${CMAKE_CURRENT_LIST_DIR}/StandInBuildScriptedModule.cmake")
+include("${CMAKE_CURRENT_LIST_DIR}/StandInPythonTesting.cmake")
