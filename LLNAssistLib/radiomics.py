@@ -1,6 +1,6 @@
-"""Radiomics features of a node and the published seed-002 score.
+"""Radiomics features of a node and the published score of Yoo et al. (Sci Rep 2025).
 
-Preprocessing (seed 002, DESIGN.md): crop around the node (PyRadiomics' cost is mostly whole-volume
+Preprocessing (Yoo et al., Sci Rep 2025; DESIGN.md): crop around the node (PyRadiomics' cost is mostly whole-volume
 work, so the crop keeps it per node), resample to 1 mm isotropic (B-spline image, linear mask then
 >= 0.5), N4 bias-field correction (fitted on a 3 mm grid), z-score normalisation within the crop, fixed bin count 128.
 Features are PyRadiomics' (names like `original_glcm_InverseVariance`).

@@ -1,4 +1,4 @@
-"""The project's own implementation of exactly the radiomics features the seed-002 scores use.
+"""The project's own implementation of exactly the radiomics features the scores of Yoo et al. (Sci Rep 2025) use.
 
 For 3D Slicer >= 5.10 (Python 3.12), where PyRadiomics does not build. Definitions follow
 PyRadiomics (features named as there) so the score is the same either way; tests compare the two

@@ -159,7 +159,7 @@ def build_html(summary: dict, nodes: list, images: dict, overview: Optional[str]
     m = summary["model"]
     v = summary["versions"]
     out.append("<h2>Provenance</h2><table>")
-    rows = [("Model", f"{m['id']} {m['version']}"), ("Model sha256", m["sha256"]),
+    rows = [("Methods", C.METHODS_NOTE), ("Model", f"{m['id']} {m['version']}"), ("Model sha256", m["sha256"]),
             ("Device", summary.get("device", "")), ("Radiomics", summary.get("radiomics_engine", "")),
             ("Software", ", ".join(f"{k} {val}" for k, val in v.items())),
             ("Timings (s)", ", ".join(f"{k} {val}" for k, val in summary["timings_s"].items()))]

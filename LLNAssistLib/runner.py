@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,35 @@ def analyze_command(image: str, out_dir: str, model: Optional[str] = None, devic
     if post_treatment:
         cmd.append("--post-treatment")
     return cmd
+
+
+WORK_PREFIX = "llnassist-"
+
+
+def new_work_dir() -> str:
+    """A private temporary folder for one analysis (input export and results); the caller removes
+    it when the results are loaded."""
+    return tempfile.mkdtemp(prefix=WORK_PREFIX)
+
+
+def remove_stale_work_dirs(max_age_s: float = 24 * 3600, root: Optional[str] = None) -> int:
+    """Removes `llnassist-*` temporary folders older than max_age_s that earlier sessions left
+    (Slicer closed or killed mid-analysis). Younger ones may belong to a running Slicer."""
+    root = root or tempfile.gettempdir()
+    now, removed = time.time(), 0
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if (entry.name.startswith(WORK_PREFIX) and entry.is_dir(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > max_age_s):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += not os.path.exists(entry.path)
+        except OSError:
+            continue
+    return removed
 
 
 # Windows process-creation flags (subprocess defines the names only on Windows).

@@ -8,17 +8,21 @@ import re
 from conftest import REPO
 
 
-def test_module_cmake_lists_every_library_file_and_the_bundled_model():
+def test_module_cmake_lists_every_library_file_and_the_bundled_data():
+    """A file missing from LLNAssist/CMakeLists.txt is missing from the installed extension."""
     cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text()
-    listed = set(re.findall(r"\.\./(LLNAssistLib/\S+\.py)", cmake))
+    listed = set(re.findall(r"^\s+(LLNAssistLib/\S+\.py)$", cmake, re.M))
     present = {p.relative_to(REPO).as_posix() for p in (REPO / "LLNAssistLib").rglob("*.py")}
     assert present == listed, (present ^ listed)
-    for p in (REPO / "Resources" / "models").rglob("*"):
-        if p.name in ("model.pt", "manifest.json"):
-            assert p.relative_to(REPO).as_posix() in cmake
+    data = [p for sub in ("models", "Terminology", "Sample") for p in (REPO / "Resources" / sub).rglob("*")
+            if p.is_file() and p.name != "train.log"]
+    assert data
+    for p in data:
+        assert re.search(rf"^\s+{re.escape(p.relative_to(REPO).as_posix())}$", cmake, re.M), p
+    assert not re.search(r"^\s+\.\./", cmake, re.M)  # the trap: a listed "../x" lands outside the install
     top = (REPO / "CMakeLists.txt").read_text()
     assert "add_subdirectory(LLNAssist)" in top and 'EXTENSION_DEPENDS "PyTorch"' in top
-    assert "WITH_GENERIC_TESTS" in cmake
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
 
 
 def test_module_file_imports_outside_slicer():

@@ -105,3 +105,17 @@ def test_windows_runs_the_analysis_without_a_console_window():
     flags = runner.popen_platform_kwargs("nt")["creationflags"]
     assert flags & 0x08000000  # CREATE_NO_WINDOW (winbase.h)
     assert runner.popen_platform_kwargs("posix") == {"start_new_session": True}
+
+
+def test_stale_work_folders_are_removed_and_fresh_ones_kept(tmp_path):
+    import os
+
+    old, fresh, other = tmp_path / "llnassist-old", tmp_path / "llnassist-fresh", tmp_path / "keep-me"
+    for d in (old, fresh, other):
+        (d / "results").mkdir(parents=True)
+        (d / "results" / "x.nii.gz").write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for d in (old, other):
+        os.utime(d, (two_days_ago, two_days_ago))
+    assert runner.remove_stale_work_dirs(root=str(tmp_path)) == 1
+    assert not old.exists() and fresh.exists() and other.exists()

@@ -1,5 +1,5 @@
 """HTML report of a reader-study analysis: ROC curves per reader and modality, AUC table, MRMC
-result, and a between-reader kappa heat map per modality (like Figure 2A of seed 001)."""
+result, and a between-reader kappa heat map per modality (like Figure 2A of Qiao et al., Front Oncol 2025)."""
 
 from __future__ import annotations
 
