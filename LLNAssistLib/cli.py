@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="CSV path (default: stdout)")
     s.set_defaults(func=cmd_measure)
 
-    s = sub.add_parser("radiomics", help="radiomics features and the radiomics score of Yoo et al. (Sci Rep 2025) for one mask")
+    s = sub.add_parser("radiomics",
+                       help="radiomics features and the radiomics score of Yoo et al. (Sci Rep 2025) for one mask")
     s.add_argument("image")
     s.add_argument("mask")
     s.add_argument("--label", type=int, default=None, help="mask label value (default: all non-zero)")

@@ -88,3 +88,70 @@ def test_slicer_side_code_parses_as_python_3_9():
     files = list((REPO / "LLNAssistLib").rglob("*.py")) + [REPO / "LLNAssist" / "LLNAssist.py"]
     for p in files:
         ast.parse(p.read_text(), filename=str(p), feature_version=(3, 9))
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("LLNAssistModule", REPO / "LLNAssist" / "LLNAssist.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Wrapper58:
+    """What Slicer 5.8.1's parameterNodeWrapper does (wrapper.py: _connectGui registers the
+    connectors under a new tag in _parameterGUIs but returns None; disconnectGui(tag) removes them)."""
+
+    def __init__(self):
+        self._parameterGUIs = {}
+        self._nextParameterGUIsTag = 0
+
+    def _register(self, gui):
+        tag = self._nextParameterGUIsTag
+        self._nextParameterGUIsTag += 1
+        self._parameterGUIs[tag] = gui
+        return tag
+
+    def connectGui(self, gui):
+        self._register(gui)
+
+    def disconnectGui(self, tag):
+        self._parameterGUIs.pop(tag, None)
+
+
+class _Wrapper510(_Wrapper58):
+    """Slicer 5.10 and later return the tag."""
+
+    def connectGui(self, gui):
+        return self._register(gui)
+
+
+def test_gui_bindings_can_be_removed_on_slicer_5_8_and_later():
+    mod = _module()
+    for cls in (_Wrapper58, _Wrapper510):
+        w = cls()
+        for _ in range(3):  # enter / exit three times
+            tag = mod.connectGui(w, "ui")
+            assert tag is not None
+            w.disconnectGui(tag)
+        assert w._parameterGUIs == {}, cls.__name__
+
+
+def test_module_finds_the_library_beside_it_when_installed_and_one_up_in_a_checkout(tmp_path):
+    mod = _module()
+    installed = tmp_path / "qt-scripted-modules"
+    (installed / "LLNAssistLib").mkdir(parents=True)
+    (installed / "LLNAssistLib" / "__init__.py").write_text("")
+    assert mod._library_root(str(installed)) == str(installed)
+    assert mod._library_root(str(REPO / "LLNAssist")) == str(REPO)
+
+
+def test_a_postgresql_study_url_survives_the_study_field():
+    import pathlib
+
+    mod = _module()
+    url = "postgresql://reader@db.site.org:5432/lln_study"
+    assert str(pathlib.Path(url)) != url  # what binding the field to a Path did
+    assert mod._study_location_or_none(f"  {url} ") == url
+    assert mod._study_location_or_none("   ") is None
+    block = (REPO / "LLNAssist" / "LLNAssist.py").read_text().split("class LLNAssistParameterNode:")[1]
+    assert re.search(r"^\s{4}studyLocation: str\b", block, re.M)

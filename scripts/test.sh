@@ -17,5 +17,11 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser tests will fail" >&2
 fi
+# The packaging test configures, builds and installs the extension's CMake with a Slicer stand-in.
+if ! command -v cmake >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's cmake for the packaging test..." >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null) \
+    || echo "warning: could not install cmake; the packaging test will fail" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q Testing "$@"
