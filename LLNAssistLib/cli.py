@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -91,10 +92,13 @@ def cmd_analyze(a) -> int:
     opts = AnalysisOptions(model=a.model, device=a.device, post_treatment=a.post_treatment,
                            sex=a.sex, neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy),
                            series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images,
-                           radiomics_engine=a.radiomics_engine)
+                           radiomics_engine=a.radiomics_engine, force=a.force, patient_name=a.patient_name)
     summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet))
+    if summary["domain"].get("notice"):
+        sys.stderr.write(f"warning: {summary['domain']['notice']}\n")
+    largest = f", largest short axis {summary['max_short_axis_mm']} mm" if summary["n_nodes"] else ""
     print(f"patient LLN status: {summary['patient_status']} ({summary['n_positive']} of {summary['n_nodes']} "
-          f"nodes positive, max short axis {summary['max_short_axis_mm']} mm) -> {a.out}")
+          f"nodes positive{largest}) -> {a.out}")
     return 0
 
 
@@ -147,11 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("analyze", help="find, classify, measure and score lateral lymph nodes")
-    s.add_argument("image", help="NIfTI/NRRD/MHA volume or DICOM series folder")
+    s.add_argument("image", help="NIfTI/NRRD/MHA volume, or a DICOM folder, DICOMDIR or study .zip")
     s.add_argument("--out", required=True)
     s.add_argument("--model", default=None, help="bundled model id or model folder (default: bundled)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--series", help="DICOM SeriesInstanceUID or description, when a folder holds several")
+    s.add_argument("--series", help="DICOM SeriesInstanceUID, series number or description: overrides the choice "
+                   "of the axial T2 series")
+    s.add_argument("--force", action="store_true",
+                   help="analyse even what the domain gate refuses; every output is marked out of domain")
+    s.add_argument("--patient-name", action="store_true",
+                   help="name the patient in summary and report (default: a pseudonymous reference only)")
     s.add_argument("--post-treatment", action="store_true",
                    help="restaging after neoadjuvant therapy: Lateral Node Consortium cut-offs")
     s.add_argument("--sex", choices=["female", "male"],
@@ -218,6 +227,52 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def log_path() -> Path:
+    """Where warnings of the libraries LLNAssist uses go (ITK, VTK, numpy, torch): not the terminal."""
+    import tempfile
+
+    return Path(os.environ.get("LLNASSIST_LOG") or Path(tempfile.gettempdir()) / "llnassist.log")
+
+
+def _send_library_output_to_log():
+    """Native libraries (ITK, VTK) print warnings on file descriptor 2 and Python warnings go to
+    stderr: both go to the log. The user's terminal keeps LLNAssist's own lines (progress, error:),
+    which are written through sys.stderr, now a copy of the original descriptor."""
+    import logging
+    import warnings
+
+    try:
+        log = open(log_path(), "a", encoding="utf-8", buffering=1)
+    except OSError:
+        return None
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                         errors="backslashreplace")
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    previous = sys.stderr
+    sys.stderr = terminal
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("py.warnings").addHandler(handler)
+    logging.getLogger("py.warnings").propagate = False
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    log.write(f"--- llnassist {' '.join(sys.argv[1:])}\n")
+
+    def restore():
+        logging.captureWarnings(False)
+        logging.getLogger("py.warnings").removeHandler(handler)
+        sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
+        log.close()
+
+    return restore
+
+
 def main(argv=None) -> int:
     import signal
 
@@ -231,6 +286,15 @@ def main(argv=None) -> int:
         where = f"llnassist {args.command}" if getattr(args, "command", None) else "llnassist"
         sys.stderr.write(f"error: no command given; see `{where} --help`\n")
         return 2
+    restore = _send_library_output_to_log()
+    try:
+        return _run(args)
+    finally:
+        if restore:
+            restore()
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

@@ -29,7 +29,8 @@ def _ai_from_analysis(folder: str) -> dict:
     summary = _load_json(str(d / "summary.json"), "analysis summary")
     nodes = []
     with open(d / "nodes.csv", newline="") as f:
-        for row in csv.DictReader(f):
+        # a result forced past the domain gate starts with a '#' line
+        for row in csv.DictReader(line for line in f if not line.startswith("#")):
             nodes.append(row)
     probs = [float(n["radiomics_probability"]) for n in nodes if n.get("radiomics_probability")]
     return {"status": summary.get("patient_status"), "probability": max(probs) if probs else None,

@@ -94,6 +94,9 @@ TAG_STATUS_CODE = "LLNAssist.StatusCode"
 TAG_NODE_ID = "LLNAssist.NodeId"
 TAG_STATUS_SOURCE = "LLNAssist.StatusSource"  # "model", "criteria" or "reader" (a reader's override)
 TAG_MASK_HASH = "LLNAssist.MaskHash"  # of the mask as LLNAssist last wrote it: detects user edits
+# Set on every segment of a result forced past the domain gate (--force): why it is out of domain.
+TAG_OUT_OF_DOMAIN = "LLNAssist.OutsideValidatedDomain"
+OUT_OF_DOMAIN_NOTICE = "OUTSIDE THE MODEL'S VALIDATED DOMAIN (analysed with --force)"
 PROVENANCE_AUTOMATIC = "automatic"  # the model's output, untouched
 PROVENANCE_SEMI_AUTOMATIC = "semi-automatic"  # click-to-segment, or a model segment the user edited
 PROVENANCE_MANUAL = "manual"  # drawn by the user

@@ -25,12 +25,15 @@ def _describe(path: Path) -> str:
 
 
 def read_image(path: str | os.PathLike, series: Optional[str] = None, kind: str = "image") -> sitk.Image:
-    """Reads a 3D volume (NIfTI, NRRD, MHA) or a DICOM series folder; raises InputError if unusable."""
+    """Reads a 3D volume (NIfTI, NRRD, MHA), or the axial T2 series of a DICOM folder, DICOMDIR or
+    study .zip (dicomseries.py); raises InputError if unusable."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{kind} {_describe(path)} does not exist; check the path")
-    if path.is_dir():
-        img = read_dicom_series(path, series)
+    from .dicomseries import is_dicom_input, open_series
+
+    if is_dicom_input(path):
+        img = open_series(path, series)[2]  # the series chosen by what its headers mean
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{kind} {_describe(path)} is empty (0 bytes); give a NIfTI, NRRD, MHA file "
@@ -117,65 +120,6 @@ def check_volume(img: sitk.Image, name: str, kind: str = "image") -> sitk.Image:
         n = int((~np.isfinite(arr)).sum())
         raise InputError(f"{kind} {name} has {n} non-finite voxels (NaN/Inf); fix or mask them before analysis")
     return img
-
-
-def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str:
-    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
-
-
-def list_dicom_series(folder: Path) -> list[dict]:
-    """One dict per series in `folder`: uid, description, files, axial (bool), t2 (bool guess)."""
-    out = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        r = sitk.ImageFileReader()
-        r.SetFileName(files[0])
-        r.LoadPrivateTagsOn()
-        try:
-            r.ReadImageInformation()
-        except RuntimeError:
-            continue
-        desc = _dicom_tag(r, "0008|103e")
-        orient = _dicom_tag(r, "0020|0037")
-        axial = False
-        try:
-            v = np.array([float(x) for x in orient.split("\\")])
-            normal = np.cross(v[:3], v[3:])
-            axial = abs(normal[2]) >= max(abs(normal[0]), abs(normal[1]))
-        except ValueError:
-            pass
-        text = (desc + " " + _dicom_tag(r, "0018|0024")).lower()
-        t2 = "t2" in text or "tse" in text or "fse" in text
-        out.append({"uid": uid, "description": desc, "files": list(files), "axial": bool(axial), "t2": t2})
-    return out
-
-
-def read_dicom_series(folder: Path, series: Optional[str]) -> sitk.Image:
-    all_series = list_dicom_series(folder)
-    if not all_series:
-        raise InputError(f"folder {folder} holds no readable DICOM series; give a DICOM series folder or a "
-                         "NIfTI/NRRD/MHA file")
-    if series:
-        chosen = [s for s in all_series if s["uid"] == series or s["description"] == series]
-        if not chosen:
-            names = "; ".join(f"{s['uid']} ({s['description']})" for s in all_series)
-            raise InputError(f"series {series!r} is not in {folder}; available: {names}")
-        pick = chosen[0]
-    else:
-        ranked = sorted(all_series, key=lambda s: (not (s["axial"] and s["t2"]), not s["axial"],
-                                                   -len(s["files"])))
-        best = [s for s in ranked if s["axial"] and s["t2"]]
-        if len(best) > 1:
-            names = "; ".join(f"{s['uid']} ({s['description']})" for s in best)
-            raise InputError(f"{folder} has several axial T2 series ({names}); choose one with --series UID")
-        pick = ranked[0]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(pick["files"])
-    try:
-        return reader.Execute()
-    except RuntimeError:
-        raise InputError(f"cannot read DICOM series {pick['uid']} in {folder}; check the files are complete") \
-            from None
 
 
 def write_image(img: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:

@@ -635,9 +635,10 @@ def load_mrb(path: str | os.PathLike, cache_dir: Optional[str] = None):
 
 # --- rendering ---------------------------------------------------------------------------------------------
 def render_key_image(scene, volume_node, centre_ras, path: str | os.PathLike, size: int = 400,
-                     field_of_view_mm: float = 80.0) -> Path:
+                     field_of_view_mm: float = 80.0, geometry: Optional[dict] = None) -> Path:
     """A PNG of a real Slicer axial slice view (background volume, segments, lines) centred on a
-    point, rendered offscreen (EGL with Mesa where there is no display)."""
+    point, rendered offscreen (EGL with Mesa where there is no display). `geometry` receives
+    "xy_to_ras", the view's 4x4 pixel (origin bottom left) to RAS matrix."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     app = _app_logic(scene)
     window = vtk.vtkRenderWindow()
@@ -675,6 +676,9 @@ def render_key_image(scene, volume_node, centre_ras, path: str | os.PathLike, si
         fov = slice_node.GetFieldOfView()
         slice_node.SetFieldOfView(field_of_view_mm, field_of_view_mm, fov[2])
         logic.SnapSliceOffsetToIJK()
+        if geometry is not None:
+            m = slice_node.GetXYToRAS()
+            geometry["xy_to_ras"] = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
         mapper = vtk.vtkImageMapper()
         mapper.SetColorWindow(255)
         mapper.SetColorLevel(127.5)
@@ -719,14 +723,23 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     return arr[::-1]
 
 
+def ras_to_view_px(xy_to_ras: np.ndarray, ras, height: int) -> list:
+    """RAS points -> pixel (x, y) in a rendered slice view, y from the top (as in the PNG)."""
+    pts = np.column_stack([np.atleast_2d(np.asarray(ras, float)), np.ones(len(np.atleast_2d(ras)))])
+    xy = (np.linalg.inv(xy_to_ras) @ pts.T).T
+    return [[float(x), float(height - y)] for x, y in xy[:, :2]]
+
+
 def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 300,
-                  node_fov_mm: float = 50.0, overview_fov_mm: float = 220.0) -> tuple[dict, Optional[str]]:
-    """Key images for the HTML report from real Slicer slice views: {node_id: base64 PNG} and an
-    overview centred on the node with the largest short axis (base64 PNG, or None without nodes)."""
+                  node_fov_mm: float = 50.0, overview_fov_mm: float = 220.0) -> tuple:
+    """Key images for the HTML report from real Slicer slice views: {node_id: report.KeyImage} with
+    the axis end points in pixels (the report draws the lines and labels), and an overview
+    (centred on the node with the largest short axis, or on the image without nodes)."""
     import base64
     import tempfile
 
     from .imageio import write_image
+    from .report import KeyImage
 
     nodes = json.loads((Path(result_dir) / "nodes.json").read_text())
     with tempfile.TemporaryDirectory(prefix="llnassist-render-") as work:
@@ -737,23 +750,34 @@ def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 
             volume = load_volume(scene, vol_path)
             results = load_results(scene, result_dir, volume)
             set_display(results.segmentation, opacity=0.45)  # regions stay outlines (load_results)
+            for ln in results.lines:  # the report draws the axes (and labels that stay in the image)
+                ln.GetDisplayNode().SetVisibility(False)
 
-            def shot(centre, fov, px, name):
-                png = render_key_image(scene, volume, centre, Path(work) / name, size=px, field_of_view_mm=fov)
-                return base64.b64encode(png.read_bytes()).decode("ascii")
+            def shot(centre, fov, px, name, node=None):
+                geom: dict = {}
+                png = render_key_image(scene, volume, centre, Path(work) / name, size=px, field_of_view_mm=fov,
+                                       geometry=geom)
+                key = KeyImage(base64.b64encode(png.read_bytes()).decode("ascii"), px, px)
+                if node is not None:
+                    key.long_px = ras_to_view_px(geom["xy_to_ras"], node["long_axis_ras"], px)
+                    key.short_px = ras_to_view_px(geom["xy_to_ras"], node["short_axis_ras"], px)
+                return key
 
             images = {}
             for n in nodes:
                 centre = np.mean(np.array(n["long_axis_ras"]), axis=0)
-                images[n["node_id"]] = shot(centre, node_fov_mm, size, f"node{n['node_id']}.png")
-            overview = None
+                images[n["node_id"]] = shot(centre, node_fov_mm, size, f"node{n['node_id']}.png", n)
             if nodes:
                 big = max(nodes, key=lambda q: q["short_axis_mm"])
                 centre = np.mean(np.array(big["long_axis_ras"]), axis=0)
                 centre[0] = float(np.mean([q["centroid_r"] for q in nodes]))  # both sides in view
-                overview = shot(centre, overview_fov_mm, 2 * size, "overview.png")
+            else:
+                bounds = [0.0] * 6
+                volume.GetRASBounds(bounds)
+                centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2,
+                                   (bounds[4] + bounds[5]) / 2])
+            overview = shot(centre, overview_fov_mm, 2 * size, "overview.png")
         finally:
             _APP_LOGICS.pop(scene, None)
             scene.Clear(1)
     return images, overview
-

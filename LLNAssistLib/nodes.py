@@ -80,7 +80,7 @@ def size_criterion(short_axis_mm: float, region: str, post_treatment: bool) -> t
     if post_treatment and region in C.RESTAGING_SHORT_AXIS_MM:
         cut = C.RESTAGING_SHORT_AXIS_MM[region]
         return short_axis_mm > cut, f"restaging {C.REGION_NAME[region].lower()} > {cut:g} mm"
-    return short_axis_mm >= C.PRIMARY_SHORT_AXIS_MM, f"short axis >= {C.PRIMARY_SHORT_AXIS_MM:g} mm"
+    return short_axis_mm >= C.PRIMARY_SHORT_AXIS_MM, f"short axis ≥ {C.PRIMARY_SHORT_AXIS_MM:g} mm"
 
 
 def midline_r(body: Optional[np.ndarray], regions: np.ndarray, canon: sitk.Image, k: int) -> float:

@@ -38,6 +38,8 @@ class AnalysisOptions:
     radiomics: bool = True
     radiomics_engine: str = "auto"
     key_images: bool = True
+    force: bool = False  # analyse past the domain gate; every output is then marked out of domain
+    patient_name: bool = False  # name the patient (not only the pseudonymous reference) in the outputs
 
 
 def _noop(*_a, **_k):
@@ -99,21 +101,31 @@ def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, body: n
 
 
 def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progress: Progress = _noop) -> dict:
-    """The whole job; every output is published together, or nothing is."""
+    """The whole job; every output is published together, or nothing is. Refuses (domain.OutOfDomain)
+    what the model cannot read, before and after the model, unless opts.force."""
     opts = opts or AnalysisOptions()
+    from . import domain, inputs
+    from .atomic import check_output_folder
     from .model.inference import load_model, segment
     from .nodes import extract_nodes, patient_status
 
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, OUTPUT_FILES, inputs=[Path(image_path)])
     timings: dict = {}
     t = time.perf_counter()
     progress("load", 0.0, "reading image")
-    image = read_image(image_path, series=opts.series)
+    inp = inputs.load(image_path, series=opts.series, patient_name=opts.patient_name)
+    image = inp.image
+    gate_in = domain.check_input(image, inp.modality, inp.suggestion)
+    if not gate_in.ok and not opts.force:
+        domain.refuse(gate_in)
     model = load_model(opts.model, opts.device)
     timings["load"] = time.perf_counter() - t
 
     progress("inference", 0.0, f"model {model.manifest['id']} on {model.device.type}")
     seg_t: dict = {}
-    labels = segment(image, model, progress=progress, timings=seg_t)
+    seg_stats: dict = {}
+    labels = segment(image, model, progress=progress, timings=seg_t, stats=seg_stats)
     timings.update({k: seg_t[k] for k in ("preprocess", "inference", "postprocess")})
 
     t = time.perf_counter()
@@ -123,10 +135,17 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     image_canon = to_axial_canonical(image)
     body = body_mask(sitk.GetArrayViewFromImage(image_canon))
     nodes = extract_nodes(labels, image, post_treatment=opts.post_treatment, body=body)
+    labels_canon = to_axial_canonical(labels)
+    lab_arr = sitk.GetArrayFromImage(labels_canon)
+    left = _region_side_volume(lab_arr, image_canon, body)
+    synthetic = bool(model.manifest.get("training_data", {}).get("synthetic", False))
+    voxel_ml = float(np.prod(image_canon.GetSpacing())) / 1000.0
+    gate_out = domain.check_output(domain.compartment_volumes(lab_arr, left, voxel_ml), nodes, seg_stats, synthetic)
+    if not gate_out.ok and not opts.force:
+        domain.refuse(gate_out)
     timings["measurement"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    labels_canon = to_axial_canonical(labels)
     engine = "none"
     if opts.radiomics and nodes:
         engine = run_radiomics(image_canon, labels_canon, nodes, opts, progress)
@@ -134,6 +153,7 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     t = time.perf_counter()
     progress("write", 0.0, "outputs")
+    reasons = gate_in.reasons + gate_out.reasons
     summary = {
         "patient_status": patient_status(nodes),
         "n_nodes": len(nodes),
@@ -142,23 +162,35 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
         "n_size_positive": sum(n.size_positive for n in nodes),
         "n_criteria_positive": sum(bool(n.criteria.get("criteria_positive")) for n in nodes),
         "post_treatment": opts.post_treatment,
+        "source": inp.source,
+        "domain": {"validated": not reasons, "forced": bool(opts.force and reasons), "reasons": reasons,
+                   "input": gate_in.measures, "output": gate_out.measures},
         "model": {"id": model.manifest["id"], "version": model.manifest["version"],
-                  "sha256": model.manifest["sha256"], "synthetic_training_data": True},
+                  "sha256": model.manifest["sha256"], "synthetic_training_data": synthetic},
         "device": model.device.type,
         "radiomics_engine": engine,
         "image": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()]},
         "versions": versions(),
-        "notice": C.SYNTHETIC_MODEL_NOTICE,
+        "notice": C.SYNTHETIC_MODEL_NOTICE if synthetic else "",
     }
+    if reasons:
+        summary["domain"]["notice"] = C.OUT_OF_DOMAIN_NOTICE + ": " + "; ".join(reasons)
     if opts.sex is not None and opts.neoadjuvant_radiotherapy is not None:
         summary["clinical"] = {"sex": opts.sex, "neoadjuvant_radiotherapy": opts.neoadjuvant_radiotherapy}
-    _write_outputs(Path(out_dir), image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t,
-                   progress, body)
+    _write_outputs(out_dir, image, image_canon, labels, lab_arr, nodes, summary, timings, opts, t,
+                   progress, left, inp)
     return summary
 
 
-def nodes_csv(nodes) -> str:
+# Every file `analyze` writes: an output folder may hold these and nothing else (atomic.check_output_folder).
+OUTPUT_FILES = ("labels.nii.gz", "nodes.csv", "nodes.json", "segmentation.seg.nrrd", "report.html", "summary.json")
+
+
+def nodes_csv(nodes, domain_notice: str = "") -> str:
+    """The node table; a result forced past the domain gate starts with a '#' line saying so."""
     buf = io.StringIO()
+    if domain_notice:
+        buf.write("# " + domain_notice.replace("\n", " ") + "\n")
     w = csv.DictWriter(buf, fieldnames=list(C.NODES_CSV_COLUMNS), lineterminator="\n")
     w.writeheader()
     for n in nodes:
@@ -182,6 +214,27 @@ def node_details(n, canon: sitk.Image) -> dict:
     return d
 
 
+def slice_names(nodes, image: sitk.Image, image_canon: sitk.Image, inp) -> dict:
+    """Where each node's key image is, as the viewer numbers it: the DICOM image (instance) number
+    in its series, or the slice number (1-based) of a volume file along its acquired slice axis."""
+    from .domain import acquisition_axis
+
+    axis = acquisition_axis(image)
+    n_slices = image.GetSize()[axis]
+    series = inp.source.get("series_number")
+    out = {}
+    for n in nodes:
+        centre = np.mean(n.axes.long_ends_ijk, axis=0)
+        lps = image_canon.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre])
+        k = int(round(image.TransformPhysicalPointToContinuousIndex(lps)[axis]))
+        numbers = inp.instance_numbers
+        if numbers and 0 <= k < len(numbers) and numbers[k]:
+            out[n.node_id] = f"image {numbers[k]}" + (f" of series {series}" if series is not None else "")
+        else:
+            out[n.node_id] = f"slice {k + 1} of {n_slices}"
+    return out
+
+
 def _key_images(image, stage: Path, nodes, img_arr, lab_arr, spacing):
     """Key images from real Slicer slice views (slicer-core, offscreen EGL) when available, else
     matplotlib. LLNASSIST_KEY_IMAGES=matplotlib forces the latter."""
@@ -203,22 +256,23 @@ def _key_images(image, stage: Path, nodes, img_arr, lab_arr, spacing):
     return images, report.overview_image(img_arr, lab_arr, k, spacing), f"matplotlib ({why})"
 
 
-def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, nodes, summary, timings, opts, t_write,
-                   progress, body):
+def _write_outputs(out_dir: Path, image, image_canon, labels, lab_arr, nodes, summary, timings, opts, t_write,
+                   progress, left, inp):
     from . import report, segfile
     from .imageio import write_image
 
-    lab_arr = sitk.GetArrayFromImage(labels_canon)
     img_arr = sitk.GetArrayFromImage(image_canon).astype(np.float32)
     spacing = image_canon.GetSpacing()
+    notice = summary["domain"].get("notice", "")
     with staged_directory(out_dir, marker="summary.json") as stage:
         write_image(labels, stage / "labels.nii.gz")
-        (stage / "nodes.csv").write_text(nodes_csv(nodes))
-        (stage / "nodes.json").write_text(json.dumps([node_details(n, image_canon) for n in nodes], indent=2))
-        left = _region_side_volume(lab_arr, image_canon, body)
+        (stage / "nodes.csv").write_text(nodes_csv(nodes, notice))
+        names = slice_names(nodes, image, image_canon, inp)
+        details = [{**node_details(n, image_canon), "key_image": names[n.node_id]} for n in nodes]
+        (stage / "nodes.json").write_text(json.dumps(details, indent=2))
         present = {(C.REGION_CODE[r], s) for r in C.REGION_LABELS for s in C.SIDES
                    if ((lab_arr == r) & (left == (s == "left"))).any()}
-        specs = segfile.segments_for(nodes, present)
+        specs = segfile.segments_for(nodes, present, {C.TAG_OUT_OF_DOMAIN: notice} if notice else None)
         ids = segfile.segment_id_volume(lab_arr, [(n.node_id, n.voxels) for n in nodes], left, specs)
         segfile.write_segmentation(stage / "segmentation.seg.nrrd", from_canonical(ids, image_canon, image), specs)
         images = {}
@@ -229,7 +283,7 @@ def _write_outputs(out_dir: Path, image, image_canon, labels, labels_canon, node
         timings["write"] = time.perf_counter() - t_write
         summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         summary["timings_s"]["total"] = round(sum(timings.values()), 3)
-        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview))
+        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview, names))
         (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress("done", 1.0, str(out_dir))
 

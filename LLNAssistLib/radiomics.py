@@ -97,17 +97,31 @@ def _pyradiomics_features(img: sitk.Image, msk: sitk.Image) -> dict:
     return {k: float(v) for k, v in res.items() if k.startswith("original_")}
 
 
+def logistic(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any finite x (math.exp(1000) raises)."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
 def score(features: dict, sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None) -> dict:
-    """Radiomics score and probability; the clinical-radiomics variant when sex and nRT are given."""
+    """Radiomics score and probability; the clinical-radiomics variant when sex and nRT are given.
+    A feature that is not finite (a degenerate node mask) gives no score rather than NaN or a crash."""
+    bad = [k for k in {**C.RADIOMICS_COEFFICIENTS, **C.CLINICAL_RADIOMICS_COEFFICIENTS}
+           if not math.isfinite(float(features[k]))]
+    if bad:
+        return {"radiomics_score": None, "radiomics_probability": None, "radiomics_positive": None,
+                "radiomics_note": f"not computed: {', '.join(sorted(bad))} not finite for this node"}
     s = C.RADIOMICS_INTERCEPT + sum(c * features[k] for k, c in C.RADIOMICS_COEFFICIENTS.items())
-    out = {"radiomics_score": float(s), "radiomics_probability": 1.0 / (1.0 + math.exp(-s)),
+    out = {"radiomics_score": float(s), "radiomics_probability": logistic(s),
            "radiomics_positive": bool(s >= C.RADIOMICS_CUTOFF)}
     if sex is not None and neoadjuvant_radiotherapy is not None:
         cs = C.CLINICAL_RADIOMICS_INTERCEPT + sum(c * features[k] for k, c in C.CLINICAL_RADIOMICS_COEFFICIENTS.items())
         cs += C.CLINICAL_COEFFICIENTS["sex_female"] * (sex == "female")
         cs += C.CLINICAL_COEFFICIENTS["neoadjuvant_radiotherapy"] * bool(neoadjuvant_radiotherapy)
         out["clinical_radiomics_score"] = float(cs)
-        out["clinical_radiomics_probability"] = 1.0 / (1.0 + math.exp(-cs))
+        out["clinical_radiomics_probability"] = logistic(cs)
     return out
 
 

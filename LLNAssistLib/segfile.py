@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,8 +47,9 @@ def terminology_json() -> dict:
     }
 
 
-def segments_for(nodes, region_side: dict) -> list[dict]:
-    """Segment specs: (id, name, colour 0-1, terminology, tags, label value in the segment-id volume)."""
+def segments_for(nodes, region_side: dict, extra_tags: Optional[dict] = None) -> list[dict]:
+    """Segment specs: (id, name, colour 0-1, terminology, tags, label value in the segment-id volume).
+    `extra_tags` go on every segment (the out-of-domain mark)."""
     specs = []
     value = 1
     for (region, side) in sorted(region_side):
@@ -66,6 +68,8 @@ def segments_for(nodes, region_side: dict) -> list[dict]:
                                C.TAG_STATUS_CODE: C.STATUS_CODE[n.dl_status].value, C.TAG_NODE_ID: str(n.node_id),
                                C.TAG_PROVENANCE: C.PROVENANCE_AUTOMATIC}})
         value += 1
+    for spec in specs:
+        spec["tags"].update(extra_tags or {})
     return specs
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 # (recompute, mark, delete, click-to-segment) run in Slicer's own process and need only these.
 EDIT_PACKAGES = {"skimage": "scikit-image>=0.21"}
 ANALYSIS_PACKAGES = {"skimage": "scikit-image>=0.21", "slicerio": "slicerio>=1.1", "nrrd": "pynrrd>=1.0",
-                     "matplotlib": "matplotlib>=3.7", "psutil": "psutil>=5.9"}
+                     "matplotlib": "matplotlib>=3.7", "psutil": "psutil>=5.9", "pydicom": "pydicom>=2.4"}
 # Newest torch release this version of LLNAssist was tested with (the project's own environment).
 TORCH_TESTED_BELOW = "2.14"
 

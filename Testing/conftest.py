@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' own pseudonym key and library log (the CLI subprocesses inherit them), not the user's.
+_SESSION_DIR = Path(__import__("tempfile").mkdtemp(prefix="lln-tests-"))
+os.environ.setdefault("LLNASSIST_PSEUDONYM_KEY", str(_SESSION_DIR / "pseudonym.key"))
+os.environ.setdefault("LLNASSIST_LOG", str(_SESSION_DIR / "llnassist.log"))
 # Seeds >= 900000 are never used for training (training uses 1..300).
 UNSEEN_SEED = 910001
 

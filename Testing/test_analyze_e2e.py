@@ -97,7 +97,7 @@ def test_report_reads_like_a_structured_report(analyzed):
     with open(out / "nodes.csv") as f:
         rows = list(csv.DictReader(f))
     assert "Not for clinical use" in html and "synthetic" in html
-    assert "Patient-level LLN status" in html
+    assert "Lateral lymph node status (model)" in html and "Impression:" in html
     assert html.count("data:image/png;base64,") >= len(rows) + 1  # key image per node + overview
     for r in rows:
         assert f"<b>Node {r['node_id']}</b>" in html

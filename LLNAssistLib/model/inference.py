@@ -48,9 +48,12 @@ def load_model(model: Optional[str] = None, device: str = "auto") -> LoadedModel
 
 
 def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] = None,
-            timings: Optional[dict] = None) -> sitk.Image:
-    """Label map (DESIGN.md values) on exactly the input image's grid."""
+            timings: Optional[dict] = None, stats: Optional[dict] = None) -> sitk.Image:
+    """Label map (DESIGN.md values) on exactly the input image's grid. `stats` receives the
+    model's confidence: the mean softmax entropy (0 certain .. 1 uniform) of the voxels it called
+    foreground, for the domain gate."""
     timings = {} if timings is None else timings
+    stats = {} if stats is None else stats
     t0 = time.perf_counter()
     canon = to_axial_canonical(image)
     arr = sitk.GetArrayFromImage(canon)
@@ -68,6 +71,8 @@ def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] 
     z = x.shape[0]
     chunk = 8 if dev.type == "cpu" else 64
     probs = []
+    ent_sum, ent_n = 0.0, 0
+    log_c = float(np.log(model.manifest["architecture"]["out_channels"]))
     with torch.inference_mode():
         for s in range(0, z, chunk):
             xb = x[s:s + chunk].to(dev)
@@ -79,12 +84,20 @@ def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] 
             p = torch.softmax(logits.float(), 1)
             # back to the crop's pixel grid before the argmax, so labels follow the input geometry
             p = resample_inplane(p, tuple(sub_shape[1:]))
-            probs.append(p.argmax(1).to(torch.uint8).cpu())
+            lab = p.argmax(1)
+            fg = lab > 0
+            if bool(fg.any()):
+                ent = -(p * torch.log(p.clamp_min(1e-8))).sum(1) / log_c
+                ent_sum += float(ent[fg].sum())
+                ent_n += int(fg.sum())
+            probs.append(lab.to(torch.uint8).cpu())
             if progress:
                 progress("inference", min(1.0, (s + chunk) / z), f"slices {min(s + chunk, z)}/{z}")
     if dev.type == "cuda":
         torch.cuda.synchronize()
     timings["inference"] = time.perf_counter() - t1
+    stats["foreground_entropy"] = ent_sum / ent_n if ent_n else float("nan")
+    stats["foreground_voxels"] = ent_n
 
     t2 = time.perf_counter()
     lab = np.zeros(arr.shape, np.uint8)
