@@ -187,7 +187,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.applyButton.connect("clicked(bool)", lambda _checked: self.onApplyButton())
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateGUIFromParameterNode)
         self.ui.nodeTableView.connect("clicked(QModelIndex)", self.onTableClicked)
         self.ui.clickToSegmentButton.connect("toggled(bool)", self.onClickToSegment)
@@ -293,7 +293,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.nodeComboBox.setCurrentIndex(index)
 
     # -- analysis -------------------------------------------------------------------------------
-    def onApplyButton(self):
+    def onApplyButton(self, force=False):
         if self.logic.running:
             self.logic.cancel()  # returns at once; onCompleted follows when the process tree is gone
             self.ui.statusLabel.text = "Cancelling..."
@@ -312,7 +312,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 0
             self.logic.process(p.inputVolume, model=model, device=p.device, postTreatment=p.postTreatment,
                                waitForCompletion=False, progressCallback=self.onProgress,
-                               completedCallback=self.onCompleted)
+                               completedCallback=self.onCompleted, force=force)
             self.updateGUIFromParameterNode()
 
     def onProgress(self, progress, lines):
@@ -324,13 +324,26 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompleted(self, results, error):
         self.ui.progressBar.setVisible(False)
-        if error:
+        from LLNAssistLib import mrml_bridge, runner
+
+        if error and runner.refused_by_domain_gate(error):
+            self.ui.statusLabel.text = "Refused: outside what the model can read"
+            if slicer.util.confirmYesNoDisplay(
+                    error[len("error: "):] + "\n\nAnalyse anyway? Every result will be marked as outside the "
+                    "model's validated domain.", windowTitle="LLNAssist"):
+                self.onApplyButton(force=True)
+                return
+        elif error:
             self.ui.statusLabel.text = "Failed"
             slicer.util.errorDisplay(error, windowTitle="LLNAssist")
         elif results is None:
             self.ui.statusLabel.text = "Cancelled"
         else:
             self.ui.statusLabel.text = f"Done: patient {results.patient_status}"
+            notice = results.segmentation.GetAttribute(mrml_bridge.ATTR_OUT_OF_DOMAIN)
+            if notice:
+                self.ui.statusLabel.text += " (OUTSIDE THE VALIDATED DOMAIN)"
+                slicer.util.warningDisplay(notice, windowTitle="LLNAssist")
             self._parameterNode.resultSegmentation = results.segmentation
             self._parameterNode.resultTable = results.table
             self.onDisplayChanged()
@@ -568,7 +581,7 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
 
     # -- analysis ------------------------------------------------------------------------------------
     def process(self, inputVolume, outputFolder=None, model=None, device="auto", postTreatment=False,
-                waitForCompletion=False, progressCallback=None, completedCallback=None):
+                waitForCompletion=False, progressCallback=None, completedCallback=None, force=False):
         """Runs `llnassist analyze` on the volume in a separate process and loads the results into
         the scene. With waitForCompletion the call blocks and returns the SceneResults."""
         from LLNAssistLib import mrml_bridge, runner
@@ -587,7 +600,7 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
         # PyRadiomics does not build on Slicer's Python 3.12: the native engine gives the same score.
         engine = "auto"
         cmd = runner.analyze_command(image, self._outDir, model=model, device=device, post_treatment=postTreatment,
-                                     radiomics_engine=engine)
+                                     radiomics_engine=engine, force=force)
         self._process = runner.AnalysisProcess(cmd).start()
         if waitForCompletion:
             self._process.wait()

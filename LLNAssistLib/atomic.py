@@ -146,7 +146,10 @@ def staged_directory(out_dir: str | os.PathLike, marker: str) -> Iterator[Path]:
         yield stage
         mask = _umask()
         os.chmod(stage, 0o777 & ~mask)
-        for f in stage.iterdir():
+        for f in stage.rglob("*"):
+            if f.is_dir():
+                os.chmod(f, 0o777 & ~mask)
+                continue
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(f, 0o666 & ~mask)
@@ -162,6 +165,8 @@ def staged_directory(out_dir: str | os.PathLike, marker: str) -> Iterator[Path]:
             for name in names + [marker]:
                 src = stage / name
                 if src.exists():
+                    if src.is_dir() and (out_dir / name).is_dir():  # a folder of an earlier result
+                        shutil.rmtree(out_dir / name)
                     os.replace(src, out_dir / name)
         _fsync_dir(out_dir)
         _fsync_dir(out_dir.parent)

@@ -37,7 +37,7 @@ def cmd_phantom(a) -> int:
     from . import phantom
 
     ph = phantom.generate(a.seed, size=a.size, slices=a.slices, n_nodes=a.nodes)
-    phantom.write(ph, a.out)
+    phantom.write(ph, a.out, dicom=a.dicom, seed=a.seed)
     t = ph.truth
     print(f"phantom seed {a.seed}: {ph.image.shape[2]}x{ph.image.shape[1]}x{ph.image.shape[0]} voxels, "
           f"{len(t['nodes'])} nodes, patient {t['patient_status']} -> {a.out}")
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, help="in-plane matrix (default: random 320-450)")
     s.add_argument("--slices", type=int, help="number of slices (default: random 24-40)")
     s.add_argument("--nodes", type=int, help="number of nodes (default: random 0-6)")
+    s.add_argument("--dicom", action="store_true", help="also write the image as a DICOM MR series in dicom/")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("analyze", help="find, classify, measure and score lateral lymph nodes")

@@ -43,6 +43,7 @@ LINE_ATTR_AXIS = "LLNAssist.Axis"
 ATTR_ROLE = "LLNAssist.Role"
 ATTR_PATIENT_STATUS = "LLNAssist.PatientStatus"
 ATTR_MODEL_NOTICE = "LLNAssist.ModelNotice"
+ATTR_OUT_OF_DOMAIN = "LLNAssist.OutOfDomain"  # the --force notice of summary.json, when there is one
 ATTR_HIGHEST_ID = "LLNAssist.HighestNodeId"
 
 # Keep the application logic of scenes made here alive as long as the scene (VTK would free it).
@@ -412,6 +413,11 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     seg.CreateDefaultDisplayNodes()
     seg.SetAttribute(ATTR_MODEL_NOTICE, C.SYNTHETIC_MODEL_NOTICE)
+    summary_path = d / "summary.json"
+    if summary_path.is_file():
+        notice = json.loads(summary_path.read_text()).get("domain", {}).get("notice")
+        if notice:
+            seg.SetAttribute(ATTR_OUT_OF_DOMAIN, notice)
     nodes = json.loads((d / "nodes.json").read_text())
     # summary.json is written last (it marks a complete result); the report renders before it.
     status = "positive" if any(n["dl_status"] == "positive" for n in nodes) else "negative"

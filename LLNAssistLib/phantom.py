@@ -385,8 +385,9 @@ def generate(seed: int, size: int | None = None, slices: int | None = None,
     return Phantom(image, labels, spacing_t, origin, direction, truth, nodes)
 
 
-def write(ph: Phantom, out_dir) -> None:
-    """image.nii.gz, labels.nii.gz, truth.json into out_dir (atomically)."""
+def write(ph: Phantom, out_dir, dicom: bool = False, seed: int = 0) -> None:
+    """image.nii.gz, labels.nii.gz, truth.json into out_dir (atomically); with `dicom` also
+    dicom/, the image as an axial T2 MR series (TE 100 ms, TR 4000 ms) of a phantom patient."""
     import json
     from pathlib import Path
 
@@ -399,3 +400,8 @@ def write(ph: Phantom, out_dir) -> None:
         write_image(img, stage / "image.nii.gz")
         write_image(lab, stage / "labels.nii.gz")
         (stage / "truth.json").write_text(json.dumps(ph.truth, indent=2))
+        if dicom:
+            from .dicom_write import SeriesSpec, StudySpec, write_mr_series
+
+            write_mr_series(img, stage / "dicom", SeriesSpec("T2 TSE AX (phantom)", 3),
+                            StudySpec(patient_id=f"PHANTOM{seed}", seed=f"llnassist-phantom-{seed}"))

@@ -60,14 +60,22 @@ def python_executable() -> str:
 
 
 def analyze_command(image: str, out_dir: str, model: Optional[str] = None, device: str = "auto",
-                    post_treatment: bool = False, radiomics_engine: str = "auto", python: Optional[str] = None) -> list:
+                    post_treatment: bool = False, radiomics_engine: str = "auto", python: Optional[str] = None,
+                    force: bool = False) -> list:
     cmd = [python or python_executable(), "-m", "LLNAssistLib.cli", "analyze", str(image), "--out", str(out_dir),
            "--device", device, "--radiomics-engine", radiomics_engine]
     if model:
         cmd += ["--model", str(model)]
     if post_treatment:
         cmd.append("--post-treatment")
+    if force:
+        cmd.append("--force")
     return cmd
+
+
+def refused_by_domain_gate(error: str) -> bool:
+    """Whether a CLI error line is the domain gate's refusal (which --force can override)."""
+    return error.startswith("error:") and "--force" in error
 
 
 WORK_PREFIX = "llnassist-"

@@ -213,6 +213,17 @@ def test_force_runs_and_marks_every_output_out_of_domain(tmp_path, images):
     seg = slicerio.read_segmentation(str(out / "segmentation.seg.nrrd"), skip_voxels=True)
     assert seg["segments"] and all("OUTSIDE" in s["tags"]["LLNAssist.OutsideValidatedDomain"]
                                    for s in seg["segments"])
+    # in Slicer: the segmentation says so, and the module offers --force only for the gate's refusals
+    from LLNAssistLib import mrml_bridge as B
+    from LLNAssistLib import runner
+
+    scene = B.new_scene()
+    res = B.load_results(scene, out, B.load_volume(scene, path))
+    assert "OUTSIDE" in res.segmentation.GetAttribute(B.ATTR_OUT_OF_DOMAIN)
+    refusal = run_cli("analyze", path, "--out", tmp_path / "o2", "--device", "cpu", check_rc=2).stderr.splitlines()[-1]
+    assert runner.refused_by_domain_gate(refusal)
+    assert not runner.refused_by_domain_gate("error: image x does not exist; check the path")
+    assert "--force" in runner.analyze_command("x", "y", force=True)
 
 
 # --- outputs never destroy what the user made ------------------------------------------------------------------
