@@ -92,7 +92,8 @@ def cmd_analyze(a) -> int:
     opts = AnalysisOptions(model=a.model, device=a.device, post_treatment=a.post_treatment,
                            sex=a.sex, neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy),
                            series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images,
-                           radiomics_engine=a.radiomics_engine, force=a.force, patient_name=a.patient_name)
+                           radiomics_engine=a.radiomics_engine, force=a.force, patient_name=a.patient_name,
+                           score_file=a.score_file)
     summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet))
     if summary["domain"].get("notice"):
         sys.stderr.write(f"warning: {summary['domain']['notice']}\n")
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--radiomics-engine", choices=["auto", "pyradiomics", "native"], default="auto",
                    help="native: the project's own implementation of the score's features (no PyRadiomics)")
     s.add_argument("--no-report-images", action="store_true", help="report without key images")
+    s.add_argument("--score-file", help="a site's refitted radiomics score (JSON from `llnassist cohort refit`)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
 
@@ -208,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-version", default="1.0.0")
     s.set_defaults(func=cmd_train)
 
+    from .cli_cohort import add_parsers as add_cohort_parsers
     from .cli_study import add_parsers as add_study_parsers
 
     add_study_parsers(sub, _Parser)
+    add_cohort_parsers(sub, _Parser)
 
     s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")
     s.add_argument("--model", default=None)

@@ -39,6 +39,8 @@ class AnalysisOptions:
     radiomics_engine: str = "auto"
     key_images: bool = True
     force: bool = False  # analyse past the domain gate; every output is then marked out of domain
+    score_file: Optional[str] = None  # a site's refitted radiomics score (llnassist cohort refit)
+    reuse_model: bool = False  # keep the loaded model for the next analysis in this process (batch)
     patient_name: bool = False  # name the patient (not only the pseudonymous reference) in the outputs
 
 
@@ -75,10 +77,11 @@ def run_radiomics(image_canon: sitk.Image, labels_canon: sitk.Image, nodes, opts
     from . import radiomics as R
 
     engine = "pyradiomics"
+    score_model = R.load_score_file(opts.score_file) if opts.score_file else None
     for idx, n in enumerate(nodes):
         mask = _node_mask_image(labels_canon, n)
         res = R.node_radiomics(image_canon, mask, label=1, engine=opts.radiomics_engine, sex=opts.sex,
-                               neoadjuvant_radiotherapy=opts.neoadjuvant_radiotherapy)
+                               neoadjuvant_radiotherapy=opts.neoadjuvant_radiotherapy, score_model=score_model)
         engine = res["engine"]
         n.radiomics = res
         progress("radiomics", (idx + 1) / len(nodes), f"node {idx + 1}/{len(nodes)}")
@@ -111,6 +114,10 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, OUTPUT_FILES, inputs=[Path(image_path)])
+    if opts.score_file:
+        from .radiomics import load_score_file
+
+        load_score_file(opts.score_file)  # refuse a bad file before the long work
     timings: dict = {}
     t = time.perf_counter()
     progress("load", 0.0, "reading image")
@@ -119,7 +126,7 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     gate_in = domain.check_input(image, inp.modality, inp.suggestion)
     if not gate_in.ok and not opts.force:
         domain.refuse(gate_in)
-    model = load_model(opts.model, opts.device)
+    model = load_model(opts.model, opts.device, reuse=opts.reuse_model)
     timings["load"] = time.perf_counter() - t
 
     progress("inference", 0.0, f"model {model.manifest['id']} on {model.device.type}")
@@ -169,6 +176,8 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
                   "sha256": model.manifest["sha256"], "synthetic_training_data": synthetic},
         "device": model.device.type,
         "radiomics_engine": engine,
+        "radiomics_score": f"site refit ({Path(opts.score_file).name})" if opts.score_file else
+        "Yoo et al., Sci Rep 2025",
         "image": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()]},
         "versions": versions(),
         "notice": C.SYNTHETIC_MODEL_NOTICE if synthetic else "",

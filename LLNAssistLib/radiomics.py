@@ -105,9 +105,42 @@ def logistic(x: float) -> float:
     return z / (1.0 + z)
 
 
-def score(features: dict, sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None) -> dict:
+def load_score_file(path) -> dict:
+    """A site's refitted score (`llnassist cohort refit`): {"intercept", "coefficients": {feature:
+    weight}, "cutoff"}; refused with a clear error when malformed."""
+    import json
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+        data = data.get("score", data)  # the whole `cohort refit` output, or just its score
+        model = {"intercept": float(data["intercept"]), "cutoff": float(data.get("cutoff", 0.0)),
+                 "coefficients": {str(k): float(v) for k, v in data["coefficients"].items()}}
+    except FileNotFoundError:
+        raise InputError(f"score file {path} does not exist; check the path") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"score file {path} is not a score (JSON with intercept, coefficients, cutoff); write it "
+                         "with `llnassist cohort refit`") from None
+    if not model["coefficients"]:
+        raise InputError(f"score file {path} has no coefficients; the LASSO kept no feature")
+    return model
+
+
+def score(features: dict, sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None,
+          score_model: Optional[dict] = None) -> dict:
     """Radiomics score and probability; the clinical-radiomics variant when sex and nRT are given.
-    A feature that is not finite (a degenerate node mask) gives no score rather than NaN or a crash."""
+    A feature that is not finite (a degenerate node mask) gives no score rather than NaN or a crash.
+    `score_model` (a site's refitted score, load_score_file) replaces the published one."""
+    if score_model is not None:
+        missing = [k for k in score_model["coefficients"] if k not in features]
+        if missing:
+            raise InputError(f"the score file needs feature(s) {', '.join(missing)}, which this radiomics engine "
+                             "does not compute; use --radiomics-engine pyradiomics")
+        if not all(math.isfinite(float(features[k])) for k in score_model["coefficients"]):
+            return {"radiomics_score": None, "radiomics_probability": None, "radiomics_positive": None,
+                    "radiomics_note": "not computed: a feature of the score is not finite for this node"}
+        s = score_model["intercept"] + sum(c * features[k] for k, c in score_model["coefficients"].items())
+        return {"radiomics_score": float(s), "radiomics_probability": logistic(s),
+                "radiomics_positive": bool(s >= score_model["cutoff"]), "score": "site refit"}
     bad = [k for k in {**C.RADIOMICS_COEFFICIENTS, **C.CLINICAL_RADIOMICS_COEFFICIENTS}
            if not math.isfinite(float(features[k]))]
     if bad:
@@ -126,7 +159,8 @@ def score(features: dict, sex: Optional[str] = None, neoadjuvant_radiotherapy: O
 
 
 def node_radiomics(image: sitk.Image, mask: sitk.Image, label: Optional[int] = None, engine: str = "auto",
-                   sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None) -> dict:
+                   sex: Optional[str] = None, neoadjuvant_radiotherapy: Optional[bool] = None,
+                   score_model: Optional[dict] = None) -> dict:
     """Features and scores of one node. `auto` prefers PyRadiomics (all 107 features) when importable,
     else the native implementation (the seven features the scores use); the score is the same."""
     if engine not in ("auto", "pyradiomics", "native"):
@@ -142,5 +176,5 @@ def node_radiomics(image: sitk.Image, mask: sitk.Image, label: Optional[int] = N
 
         feats = native_features(img, msk, label=1)
     out = {"engine": use, "features": feats}
-    out.update(score(feats, sex, neoadjuvant_radiotherapy))
+    out.update(score(feats, sex, neoadjuvant_radiotherapy, score_model))
     return out

@@ -28,8 +28,14 @@ class LoadedModel:
     device: torch.device
 
 
-def load_model(model: Optional[str] = None, device: str = "auto") -> LoadedModel:
-    """Resolves the model, checks its sha256, then loads the state dict with weights_only=True."""
+_LOADED: dict = {}  # (model, device) -> LoadedModel: a batch worker loads its model once
+
+
+def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = False) -> LoadedModel:
+    """Resolves the model, checks its sha256, then loads the state dict with weights_only=True.
+    With `reuse`, a model this process already loaded (and checked) is returned again."""
+    if reuse and (model, device) in _LOADED:
+        return _LOADED[(model, device)]
     dev = resolve_device(device)
     model_dir = M.resolve_model_dir(model)
     man = M.read_manifest(model_dir)
@@ -44,7 +50,10 @@ def load_model(model: Optional[str] = None, device: str = "auto") -> LoadedModel
         raise InputError(f"model weights {weights} do not load into {man['architecture'].get('name')}: "
                          f"{exc.__class__.__name__}; the manifest and weights do not belong together") from None
     net.to(dev).eval()
-    return LoadedModel(net, man, model_dir, dev)
+    loaded = LoadedModel(net, man, model_dir, dev)
+    if reuse:
+        _LOADED[(model, device)] = loaded
+    return loaded
 
 
 def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] = None,
