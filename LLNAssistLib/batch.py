@@ -227,7 +227,7 @@ def _run_dask(todo, out, options, scheduler, report):
     except ImportError:
         raise InputError("--scheduler needs dask.distributed; install llnassist[cluster]") from None
     try:
-        client = Client(scheduler, timeout=30)
+        client = Client(scheduler, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc.__class__.__name__}); check the "
                          "address (tcp://host:8786) and that the scheduler runs") from None

@@ -23,5 +23,14 @@ if ! command -v cmake >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null) \
     || echo "warning: could not install cmake; the packaging test will fail" >&2
 fi
+# The cohort statistics are checked against R computed in the tests (Debian's R and CRAN packages).
+if ! command -v Rscript >/dev/null 2>&1 || ! Rscript -e 'library(survival); library(pROC); library(glmnet); library(rms)' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's R with survival, pROC, glmnet and rms for the cohort statistics tests..." >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      r-base-core r-cran-survival r-cran-proc r-cran-glmnet r-cran-rms >/dev/null) \
+      || echo "warning: could not install R; the cohort statistics tests will fail" >&2
+  fi
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q Testing "$@"
