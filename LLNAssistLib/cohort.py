@@ -127,26 +127,46 @@ def _hr(table: dict) -> dict:
                 "se": v["se"]} for k, v in table.items()}
 
 
+def _is_binary(rows: list, col: str) -> bool:
+    return {r[col].strip().lower() for r in rows} <= {"0", "1", "yes", "no", "true", "false", "positive", "negative"}
+
+
 def diagnostic(path: str, truth: str, pred: Sequence[str], by: Optional[str] = None, join: Optional[str] = None,
                key: str = "case_id") -> dict:
+    """Binary calls: the 2 x 2 measures. Categorical columns (the compartment of the positive node,
+    the short-axis category): confusion matrix, accuracy and kappa."""
     rows = load(path, [truth, *pred, by or ""], join, key)
-    t = binary(rows, truth, path)
+    binary_data = _is_binary(rows, truth) and all(_is_binary(rows, p) for p in pred)
+    t = binary(rows, truth, path) if binary_data else np.array([r[truth] for r in rows])
     out = {"truth": truth, "predictions": {}}
+
+    def one(tt, qq):
+        if binary_data:
+            res = S.diagnostic(tt, qq)
+            res["confusion"] = S.confusion(tt, qq, ["0", "1"])
+            return res
+        agree = int(sum(a == b for a, b in zip(tt, qq)))
+        labels = sorted(set(map(str, tt)) | set(map(str, qq)))
+        from .stats import kappa as K
+
+        k = K.kappa([str(v) for v in tt], [str(v) for v in qq], "unweighted", categories=labels)
+        return {"n": len(tt), "accuracy": S._est(agree, len(tt)), "confusion": S.confusion(tt, qq, labels),
+                "kappa": {"estimate": k["kappa"], "lower": k["ci"][0], "upper": k["ci"][1], "se": k["ase"],
+                          "label": S.landis_koch(k["kappa"])}}
+
     for p in pred:
-        q = binary(rows, p, path)
-        res = S.diagnostic(t, q)
-        res["confusion"] = S.confusion(t, q, ["0", "1"])
+        q = binary(rows, p, path) if binary_data else np.array([r[p] for r in rows])
+        res = one(t, q)
         if by:
             res["by"] = {}
             for level in sorted({r[by] for r in rows}):
                 sel = np.array([r[by] == level for r in rows])
-                res["by"][level] = S.diagnostic(t[sel], q[sel])
-                res["by"][level]["confusion"] = S.confusion(t[sel], q[sel], ["0", "1"])
+                res["by"][level] = one(t[sel], q[sel])
         out["predictions"][p] = res
     if len(pred) > 1:
-        out["kappa_matrix"] = S.kappa_matrix({p: binary(rows, p, path).tolist() for p in [truth, *pred]})
+        out["kappa_matrix"] = S.kappa_matrix({c: [r[c] for r in rows] for c in [truth, *pred]})
     if len(pred) == 1:
-        out.update({k: v for k, v in out["predictions"][pred[0]].items()})
+        out.update(out["predictions"][pred[0]])
     return out
 
 

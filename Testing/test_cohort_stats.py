@@ -239,3 +239,13 @@ def test_bad_cohort_data_names_column_and_row(tmp_path, args, words):
     p = run_cli("cohort", *[a.format(**paths) for a in args], check_rc=2)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], lines
+
+
+def test_categorical_confusion_matrix_for_the_compartment_of_the_positive_node(tmp_path):
+    (tmp_path / "c.csv").write_text("case_id,truth,model\n" + "".join(
+        f"C{i},{t},{m}\n" for i, (t, m) in enumerate([("OB", "OB"), ("OB", "II"), ("II", "II"), ("EI", "EI"),
+                                                       ("II", "II"), ("OB", "OB")])))
+    res = cohort.diagnostic(str(tmp_path / "c.csv"), "truth", ["model"])
+    assert res["confusion"]["labels"] == ["EI", "II", "OB"]
+    assert res["confusion"]["matrix"] == [[1, 0, 0], [0, 2, 0], [0, 1, 2]]
+    assert res["accuracy"]["estimate"] == pytest.approx(5 / 6)
