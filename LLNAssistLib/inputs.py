@@ -4,7 +4,6 @@ pseudonymous patient reference, the file's sha256)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,6 @@ class LoadedInput:
     instance_numbers: list = field(default_factory=list)  # per acquired slice, in the image's k order
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _date(text) -> Optional[str]:
     t = str(text or "").strip()
     return f"{t[:4]}-{t[4:6]}-{t[6:8]}" if len(t) == 8 and t.isdigit() else (t or None)
@@ -49,7 +40,9 @@ def load(path: str | os.PathLike, series: Optional[str] = None, patient_name: bo
         if series:
             raise InputError(f"--series applies to DICOM folders, and {path.name} is a single volume file; drop it")
         image = read_image(path)
-        return LoadedInput(image, {"kind": "file", "file": path.name, "sha256": _sha256(path)})
+        from .model.manifest import sha256_file
+
+        return LoadedInput(image, {"kind": "file", "file": path.name, "sha256": sha256_file(path)})
     sel, all_series, image = dicomseries.open_series(path, series)
     image = check_volume(image, sel.series.label)
     h = sel.series.headers

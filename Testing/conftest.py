@@ -80,3 +80,15 @@ def pg_url(pg_server):
     from LLNAssistLib.readerstudy import pgserver
 
     return pgserver.new_database(pg_server)
+
+
+@pytest.fixture
+def loaded(analyzed, small_case):
+    """The analysed phantom loaded into a fresh slicer-core scene: (scene, volume, results, out)."""
+    from LLNAssistLib import mrml_bridge as B
+
+    out, _ = analyzed
+    scene = B.new_scene()
+    vol = B.load_volume(scene, small_case / "image.nii.gz")
+    res = B.load_results(scene, out, vol)
+    return scene, vol, res, out

@@ -16,15 +16,6 @@ from LLNAssistLib import mrml_bridge as B
 from LLNAssistLib import segfile
 
 
-@pytest.fixture
-def loaded(analyzed, small_case):
-    out, _ = analyzed
-    scene = B.new_scene()
-    vol = B.load_volume(scene, small_case / "image.nii.gz")
-    res = B.load_results(scene, out, vol)
-    return scene, vol, res, out
-
-
 def _segments(seg_node) -> dict:
     sg = seg_node.GetSegmentation()
     return {sg.GetNthSegmentID(i): sg.GetNthSegment(i) for i in range(sg.GetNumberOfSegments())}

@@ -9,24 +9,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 from conftest import REPO
 
 from LLNAssistLib import mrml_bridge as B
 
 
-@pytest.fixture
-def scene_with_case(analyzed, small_case):
-    out, _ = analyzed
-    scene = B.new_scene()
-    vol = B.load_volume(scene, small_case / "image.nii.gz")
-    res = B.load_results(scene, out, vol)
-    return scene, vol, res, small_case
-
-
-def test_exporting_the_input_keeps_the_users_volume_pointing_at_its_own_file(scene_with_case, tmp_path):
-    scene, vol, _res, case = scene_with_case
+def test_exporting_the_input_keeps_the_users_volume_pointing_at_its_own_file(loaded, small_case, tmp_path):
+    scene, vol, _res, _out = loaded
+    case = small_case
     before = vol.GetStorageNode().GetFileName()
     written = B.export_volume(vol, tmp_path / "input.nrrd")
     assert vol.GetStorageNode().GetFileName() == before == str(case / "image.nii.gz")
@@ -60,8 +51,8 @@ def test_unticking_place_ends_place_mode():
     assert not B.placing(scene) and interaction.GetCurrentInteractionMode() == interaction.ViewTransform
 
 
-def test_3d_surfaces_are_not_an_edit_but_a_painted_voxel_is(scene_with_case):
-    scene, vol, res, _ = scene_with_case
+def test_3d_surfaces_are_not_an_edit_but_a_painted_voxel_is(loaded):
+    scene, vol, res, _ = loaded
     seg = res.segmentation
     fired = []
     segmentation = seg.GetSegmentation()
@@ -79,15 +70,15 @@ def test_3d_surfaces_are_not_an_edit_but_a_painted_voxel_is(scene_with_case):
         segmentation.RemoveObserver(t)
 
 
-def test_saving_a_case_keeps_the_scenes_root_directory(scene_with_case, tmp_path):
-    scene, *_ = scene_with_case
+def test_saving_a_case_keeps_the_scenes_root_directory(loaded, tmp_path):
+    scene, *_ = loaded
     scene.SetRootDirectory(str(tmp_path))
     B.save_mrb(scene, tmp_path / "case.mrb")
     assert scene.GetRootDirectory() == str(tmp_path) and (tmp_path / "case.mrb").is_file()
 
 
-def test_clearing_a_reading_case_keeps_the_modules_settings(scene_with_case):
-    scene, vol, res, _ = scene_with_case
+def test_clearing_a_reading_case_keeps_the_modules_settings(loaded):
+    scene, vol, res, _ = loaded
     # the module's parameter node, as the parameter node wrapper stores it (a singleton)
     p = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
     p.SetSingletonTag("LLNAssist")
@@ -137,7 +128,7 @@ def test_edits_run_without_torch_or_monai(analyzed, small_case):
     assert got["heavy"] == [] and got["rows"] >= 1
 
 
-def test_crash_log_goes_to_the_platforms_temporary_folder(tmp_path, monkeypatch, capsys):
+def test_crash_log_goes_to_the_platforms_temporary_folder(tmp_path, monkeypatch, capfd):
     """tempfile.gettempdir() (TMPDIR, or TEMP/TMP on Windows), never a hard-coded /tmp."""
     import tempfile
 
@@ -151,4 +142,4 @@ def test_crash_log_goes_to_the_platforms_temporary_folder(tmp_path, monkeypatch,
     (tmp_path / "temp").mkdir()
     assert cli.main(["measure", str(tmp_path / "x.nii.gz")]) == 1
     assert "RuntimeError: a bug" in (tmp_path / "temp" / "llnassist-crash.log").read_text()
-    assert str(tmp_path / "temp") in capsys.readouterr().err
+    assert str(tmp_path / "temp") in capfd.readouterr().err
