@@ -249,3 +249,20 @@ def test_categorical_confusion_matrix_for_the_compartment_of_the_positive_node(t
     assert res["confusion"]["labels"] == ["EI", "II", "OB"]
     assert res["confusion"]["matrix"] == [[1, 0, 0], [0, 2, 0], [0, 1, 2]]
     assert res["accuracy"]["estimate"] == pytest.approx(5 / 6)
+
+
+def test_every_subcommand_writes_its_html_report(tmp_path, reference_dir):
+    lung = DATA / "lung.csv"
+    dx = reference_dir / "dcurves_df_cancer_dx.csv"
+    runs = {"survival": (["survival", lung, "--time", "time", "--event", "event", "--group", "sex", "--covariates",
+                          "age", "--at", "180,365"], ("fig-kaplan-meier", "Numbers at risk", "Cox regression")),
+            "model": (["model", dx, "--truth", "cancer", "--prob", "cancerpredmarker", "--key", "patientid"],
+                      ("fig-calibration", "fig-decision-curve", "AUC")),
+            "table": (["table", lung, "--by", "sex", "--vars", "age,time,event", "--nonnormal", "time"],
+                      ("Welch t test", "Mann-Whitney U"))}
+    for name, (args, words) in runs.items():
+        page = tmp_path / f"{name}.html"
+        run_cli("cohort", *args, "--out", tmp_path / f"{name}.json", "--report", page, check_rc=0)
+        text = page.read_text()
+        assert all(w in text for w in words), (name, [w for w in words if w not in text])
+        assert json.loads((tmp_path / f"{name}.json").read_text())
