@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from . import conventions as C
 from .atomic import write_text
-from .csvtable import read_table
+from .csvtable import read_table, spreadsheet_safe
 from .errors import InputError
 
 COHORT_COLUMNS = ("case_id", "status", "error", "patient_status", "n_nodes", "n_positive", "max_short_axis_mm",
@@ -104,24 +104,8 @@ def _csv(rows: list, columns: list) -> str:
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: _cell(r.get(k, "")) for k in columns})
+        w.writerow({k: spreadsheet_safe(r.get(k, "")) for k in columns})
     return buf.getvalue()
-
-
-def _cell(v):
-    """Spreadsheet-safe text: a cell starting with = + - @ is not run as a formula."""
-    s = str(v)
-    if s and s[0] in "=+@\t\r" or (s.startswith("-") and not _is_number(s)):
-        return "'" + s
-    return s
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 class _Ledger:

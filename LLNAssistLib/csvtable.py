@@ -25,3 +25,20 @@ def read_table(path: str | os.PathLike, required: tuple, what: str) -> list[dict
     if not rows:
         raise InputError(f"{what} file {path} has no rows; add {what}")
     return rows
+
+
+def spreadsheet_safe(value) -> str:
+    """Text a spreadsheet shows as text: a cell starting with = + @ (or - not followed by a number),
+    tab or carriage return would run as a formula (CSV injection), so it gets a leading apostrophe."""
+    s = "" if value is None else str(value)
+    if s and (s[0] in "=+@\t\r" or (s[0] == "-" and not _is_number(s))):
+        return "'" + s
+    return s
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

@@ -513,3 +513,28 @@ def test_node_level_analysis_matches_rated_points_to_reference_nodes(tmp_path):
             assert (nl["n_nodes"], nl["n_positive"], nl["n_patients"]) == (36, 4, 12)
         assert res["node_level"][r]["paired"]["n_nodes"] == 36
     st.close()
+
+
+def test_export_escapes_comments_a_spreadsheet_would_run_as_formulas(tmp_path):
+    import csv as _csv
+
+    clock = Clock()
+    st = _study(str(tmp_path / "s.sqlite"), clock, readers=("R1",), n=10)
+    case = st.next_case("R1", 1)["case_id"]
+    st.open_read("R1", 1, case)
+    st.record_rating(reader="R1", session=1, case=case, rating=4, call=True, point=(-60.5, 10, -20),
+                     most_suspicious=True, comment='=HYPERLINK("http://x","click")')
+    st.submit_read("R1", 1, case)
+    rows = list(_csv.DictReader(st.export_csv().splitlines()))
+    assert rows[0]["comment"] == "'=HYPERLINK(\"http://x\",\"click\")"
+    assert rows[0]["r"] == "-60.5"  # numbers stay numbers
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "-1"])
+def test_washout_must_be_a_finite_number_of_days(tmp_path, days):
+    p = run_cli("study", "create", tmp_path / f"s{days}.sqlite", "--name", "x", "--washout-days", days, check_rc=2)
+    assert p.stderr.startswith("error: washout of") and not (tmp_path / f"s{days}.sqlite").exists()
+    st = Study.create(str(tmp_path / "ok.sqlite"), "x", washout_days=14) if days == "nan" else None
+    if st is not None:
+        with pytest.raises(Exception, match="washout"):
+            st.set_protocol(washout_days=float("nan"))

@@ -19,12 +19,14 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import math
 import random
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..conventions import READER_SCALE
+from ..csvtable import spreadsheet_safe
 from ..errors import InputError
 from . import db as _db
 
@@ -62,14 +64,23 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def _check_washout(days) -> None:
+    """A finite number of days >= 0 (NaN would make every later washout check fail)."""
+    try:
+        ok = math.isfinite(float(days)) and float(days) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"washout of {days!r} days is not a number of days >= 0; give e.g. --washout-days 28")
+
+
 def default_protocol(name: str, design: str = "crossover", washout_days: float | None = None, seed: int = 0,
                      unaided_only_fraction: float = 0.2) -> dict:
     if design not in DESIGNS:
         raise InputError(f"design {design!r} is unknown; use one of {', '.join(DESIGNS)}")
     if washout_days is None:
         washout_days = DEFAULT_WASHOUT_DAYS if design == "crossover" else 0
-    if washout_days < 0:
-        raise InputError(f"washout of {washout_days} days is negative; give days >= 0")
+    _check_washout(washout_days)
     if not 0 <= unaided_only_fraction < 1:
         raise InputError(f"unaided-only fraction {unaided_only_fraction} must be in [0, 1)")
     return {
@@ -156,6 +167,9 @@ class Study:
             unknown = [k for k in changes if k not in proto]
             if unknown:
                 raise InputError(f"unknown protocol field(s) {', '.join(unknown)}")
+            if "washout_days" in changes:
+                _check_washout(changes["washout_days"])
+                changes = {**changes, "washout_days": float(changes["washout_days"])}
             proto.update(changes)
             self.db.run("UPDATE meta SET value = ? WHERE key = 'protocol'", (_canonical(proto),))
             self._audit(actor, "set_protocol", changes=changes)
@@ -616,7 +630,7 @@ class Study:
         w = csv.DictWriter(buf, fieldnames=self.EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for row in self.final_ratings(include_training):
-            w.writerow(row)
+            w.writerow({k: spreadsheet_safe(v) for k, v in row.items()})  # a comment "=HYPERLINK(..." stays text
         return buf.getvalue()
 
     def patient_rows(self) -> list[dict]:
