@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 from .csvtable import read_table
@@ -174,10 +175,29 @@ def cmd_export(a) -> int:
     with Study.open(a.study) as st:
         text = st.export_csv(include_training=a.include_training)
         audit = st.audit_log()
+        head = st.verify()["chain_head"]
     write_text(a.out, text)
     if a.audit:
-        write_text(a.audit, json.dumps(audit, indent=2) + "\n")
-    print(f"exported {text.count(chr(10)) - 1} rating(s) -> {a.out}")
+        write_text(a.audit, json.dumps({"chain_head": head, "entries": audit}, indent=2) + "\n")
+    print(f"exported {text.count(chr(10)) - 1} rating(s) -> {a.out}; audit chain head {head}")
+    return 0
+
+
+def cmd_verify(a) -> int:
+    """Exit 0 when the study's history is intact; 2 with every problem listed when it is not."""
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        res = st.verify()
+    if a.head and res["chain_head"] != a.head:
+        res["problems"].append(f"the chain head is {res['chain_head']}, not the {a.head} of the earlier export: "
+                               "entries were removed from the end or the chain was rebuilt")
+    if res["problems"]:
+        for p in res["problems"][1:]:
+            sys.stderr.write(f"  also: {p}\n")
+        raise InputError(f"study {a.study} fails verification: {res['problems'][0]}")
+    print(f"ok: {res['chained']} chained audit entries ({res['legacy_unchained']} from before the chain), every "
+          f"submitted read matches its entry, triggers present; chain head {res['chain_head']}")
     return 0
 
 
@@ -358,9 +378,14 @@ def add_parsers(sub, parser_class) -> None:
     p = st.add_parser("export", help="ratings CSV with readable labels (latest versions; no image paths)")
     p.add_argument("study", help=where)
     p.add_argument("--out", required=True)
-    p.add_argument("--audit", help="also write the audit log as JSON")
+    p.add_argument("--audit", help="also write the audit log as JSON (with its chain head)")
     p.add_argument("--include-training", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = st.add_parser("verify", help="check the audit hash chain, the submitted reads and the triggers")
+    p.add_argument("study")
+    p.add_argument("--head", help="the chain head of an earlier export: detects entries removed from the end")
+    p.set_defaults(func=cmd_verify)
 
     p = st.add_parser("analyze", help="ROC/DeLong/OR-DBM MRMC, kappa, binary call, AI, clustered node level")
     p.add_argument("ratings", help="study file/URL, or CSV with columns reader,modality,case,truth,rating "

@@ -538,3 +538,81 @@ def test_washout_must_be_a_finite_number_of_days(tmp_path, days):
     if st is not None:
         with pytest.raises(Exception, match="washout"):
             st.set_protocol(washout_days=float("nan"))
+
+
+def _raw(location, *statements):
+    """SQL run straight on the database, as someone with write access to it could."""
+    if location.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            for sql in statements:
+                conn.execute(sql)
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(location, isolation_level=None)
+        for sql in statements:
+            conn.execute(sql)
+        conn.close()
+
+
+def _study_with_reads(location):
+    clock = Clock()
+    st = _study(location, clock, readers=("R1", "R2"), n=10)
+    done = []
+    for reader in ("R1", "R2"):
+        for _ in range(3):
+            case = st.next_case(reader, 1)["case_id"]
+            st.open_read(reader, 1, case)
+            _read(st, reader, 1, case, score=4, call=True, most_suspicious=True)
+            done.append((reader, case))
+    st.correct(reader="R1", session=1, case=done[0][1], by="coordinator", reason="typo", node_key=st.ratings_of(
+        st._latest_read("R1", 1, done[0][1])[0])[0]["node_key"], rating=5)
+    return st, done
+
+
+def test_verify_passes_an_untouched_study_and_catches_each_kind_of_tampering(location):
+    st, done = _study_with_reads(location)
+    res = st.verify()
+    assert res["ok"] and res["chained"] == res["entries"] and res["chain_head"], res["problems"]
+    st.close()
+    # 1. an edited score, with the trigger that forbids it dropped first
+    drop = "DROP TRIGGER ratings_frozen" + (" ON ratings" if location.startswith("postgresql") else "")
+    _raw(location, drop, "UPDATE ratings SET score = 1 WHERE score = 4 AND node_key = (SELECT MIN(node_key) FROM "
+                         "ratings WHERE score = 4)")
+    st = Study.open(location)
+    problems = st.verify()["problems"]
+    assert any("differs from what was submitted" in p for p in problems), problems
+    assert any("ratings_frozen" in p and "dropped" in p for p in problems), problems
+    st.close()
+
+
+def test_verify_catches_a_deleted_rating_and_a_deleted_audit_entry(location):
+    st, _ = _study_with_reads(location)
+    assert st.verify()["ok"]
+    st.close()
+    pg = location.startswith("postgresql")
+    _raw(location, "DROP TRIGGER no_delete_ratings" + (" ON ratings" if pg else ""),
+         "DELETE FROM ratings WHERE read_id = (SELECT MIN(read_id) FROM reads WHERE status = 'submitted')")
+    st = Study.open(location)
+    assert any("differs from what was submitted" in p for p in st.verify()["problems"])
+    st.close()
+    _raw(location, "DROP TRIGGER no_delete_audit" + (" ON audit" if pg else ""),
+         "DELETE FROM audit WHERE seq = (SELECT MIN(seq) + 3 FROM audit)")
+    st = Study.open(location)
+    assert any("does not continue the hash chain" in p for p in st.verify()["problems"])
+    st.close()
+
+
+def test_study_verify_cli_and_the_exported_chain_head(tmp_path):
+    location = str(tmp_path / "s.sqlite")
+    st, _ = _study_with_reads(location)
+    st.close()
+    p = run_cli("study", "export", location, "--out", tmp_path / "r.csv", "--audit", tmp_path / "a.json", check_rc=0)
+    head = json.loads((tmp_path / "a.json").read_text())["chain_head"]
+    assert head in p.stdout
+    assert "ok:" in run_cli("study", "verify", location, "--head", head, check_rc=0).stdout
+    _raw(location, "DROP TRIGGER no_delete_audit", "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")
+    p = run_cli("study", "verify", location, "--head", head, check_rc=2)
+    assert "fails verification" in p.stderr and "removed from the end" in p.stderr

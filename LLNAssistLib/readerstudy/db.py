@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS ratings (
 
 _SQLITE_EXTRA = """
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
-  action TEXT NOT NULL, detail TEXT NOT NULL);
+  action TEXT NOT NULL, detail TEXT NOT NULL, hash TEXT);
 """ + "".join(f"""
 CREATE TRIGGER IF NOT EXISTS no_delete_{t} BEFORE DELETE ON {t}
 BEGIN SELECT RAISE(ABORT, 'LLNAssist studies never delete rows'); END;
@@ -66,7 +66,7 @@ BEGIN SELECT RAISE(ABORT, 'a submitted read is immutable; record a correction in
 
 _PG_EXTRA = """
 CREATE TABLE IF NOT EXISTS audit (seq BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,
-  action TEXT NOT NULL, detail TEXT NOT NULL);
+  action TEXT NOT NULL, detail TEXT NOT NULL, hash TEXT);
 CREATE OR REPLACE FUNCTION llnassist_no_delete() RETURNS trigger AS $$
 BEGIN RAISE EXCEPTION 'LLNAssist studies never delete rows'; END; $$ LANGUAGE plpgsql;
 CREATE OR REPLACE FUNCTION llnassist_append_only() RETURNS trigger AS $$
@@ -245,6 +245,26 @@ class PostgresDatabase(Database):
 
     def integrity_check(self) -> str:
         return "ok"
+
+
+def expected_triggers(kind: str) -> set:
+    """The history-protecting triggers a study's database must have."""
+    return {f"no_delete_{t}" for t in TABLES} | {"audit_append_only", "ratings_frozen", "reads_immutable"} | \
+        ({"ratings_insert_frozen"} if kind == "sqlite" else set())
+
+
+def present_triggers(db: Database) -> set:
+    if db.kind == "postgresql":
+        return {r[0] for r in db.all("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+    return {r[0] for r in db.all("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
+def ensure_audit_hash_column(db: Database) -> None:
+    """Studies made before the hash chain get the column (their earlier entries stay unchained)."""
+    if db.kind == "postgresql":
+        db.run("ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT")
+    elif "hash" not in {r[1] for r in db.all("PRAGMA table_info(audit)")}:
+        db.run("ALTER TABLE audit ADD COLUMN hash TEXT")
 
 
 class IntegrityRefused(InputError):

@@ -67,11 +67,24 @@ def _canonical(obj) -> str:
 def _check_washout(days) -> None:
     """A finite number of days >= 0 (NaN would make every later washout check fail)."""
     try:
-        ok = math.isfinite(float(days)) and float(days) >= 0
+        value = float(days)
     except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(f"washout of {days!r} days is not a number of days >= 0; give e.g. --washout-days 28")
+        value = float("nan")
+    if not math.isfinite(value):
+        raise InputError(f"washout of {days!r} days is not a finite number; give days >= 0, e.g. --washout-days 28")
+    if value < 0:
+        raise InputError(f"washout of {value:g} days is negative; give days >= 0")
+
+
+def chain_hash(prev: str, at: str, actor: str, action: str, detail: str) -> str:
+    """One link of the audit hash chain."""
+    return hashlib.sha256(_canonical([prev, at, actor, action, detail]).encode("utf-8")).hexdigest()
+
+
+def _append_audit(db, at: str, actor: str, action: str, text: str) -> None:
+    prev = db.one("SELECT hash FROM audit WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1")
+    db.run("INSERT INTO audit (at, actor, action, detail, hash) VALUES (?, ?, ?, ?, ?)",
+           (at, actor, action, text, chain_hash(prev[0] if prev else "", at, actor, action, text)))
 
 
 def default_protocol(name: str, design: str = "crossover", washout_days: float | None = None, seed: int = 0,
@@ -123,13 +136,15 @@ class Study:
             database.run("INSERT INTO meta VALUES ('schema_version', ?)", (str(_db.SCHEMA_VERSION),))
             database.run("INSERT INTO meta VALUES ('protocol', ?)", (_canonical(protocol),))
             database.run("INSERT INTO meta VALUES ('created_at', ?)", (_iso(clock()),))
-            database.run("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                         (_iso(clock()), actor, "create", _canonical(protocol)))
+            _append_audit(database, _iso(clock()), actor, "create", _canonical(protocol))  # the chain's first link
         return cls(database, clock)
 
     @classmethod
     def open(cls, location, clock: Callable[[], _dt.datetime] = _utcnow) -> Study:
-        return cls(_db.connect(location, create=False), clock)
+        st = cls(_db.connect(location, create=False), clock)
+        with st.db.transaction():
+            _db.ensure_audit_hash_column(st.db)
+        return st
 
     def close(self) -> None:
         self.db.close()
@@ -146,8 +161,10 @@ class Study:
         return row[0] if row else None
 
     def _audit(self, actor: str, action: str, **detail) -> None:
-        self.db.run("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                    (_iso(self.clock()), actor, action, _canonical(detail)))
+        """Appends to the audit log, a hash chain: each entry's hash covers the previous hash and
+        its own content, so deleting or editing any entry breaks every hash after it. Called inside
+        the write transaction (which holds the study-wide lock), so the chain has no forks."""
+        _append_audit(self.db, _iso(self.clock()), actor, action, _canonical(detail))
 
     @property
     def frozen(self) -> bool:
@@ -490,6 +507,8 @@ class Study:
                 self.db.run("INSERT INTO ratings (ai_node_id, r, a, s, region, side, score, call, most_suspicious, "
                             "comment, recorded_at, read_id, node_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (*values, now, read["read_id"], key))
+            self._audit(reader, "rate", read_id=read["read_id"], node_key=key, score=int(rating),
+                        call=values[7], most_suspicious=values[8], comment=values[9])
         return {"read_id": read["read_id"], "node_key": key, "duplicate": bool(existing) and tuple(existing) == values}
 
     def ratings_of(self, read_id: str) -> list[dict]:
@@ -525,7 +544,15 @@ class Study:
             duration = (now - _parse(started)).total_seconds()
             self.db.run("UPDATE reads SET status = 'submitted', submitted_at = ?, duration_s = ? WHERE read_id = ?",
                         (_iso(now), duration, rid))
+            self._audit(reader, "submit", read_id=rid, case=case, session=session, version=version,
+                        submitted_at=_iso(now), content=self._read_digest(rid))
         return {"read_id": rid, "status": "submitted", "version": version, "duration_s": duration, "duplicate": False}
+
+    def _read_digest(self, read_id: str) -> str:
+        """sha256 of a read's ratings as stored: what its submit/correct audit entry vouches for."""
+        rows = self.db.all("SELECT node_key, ai_node_id, r, a, s, region, side, score, call, most_suspicious, comment "
+                           "FROM ratings WHERE read_id = ? ORDER BY node_key", (read_id,))
+        return hashlib.sha256(_canonical([list(r) for r in rows]).encode("utf-8")).hexdigest()
 
     def correct(self, *, reader: str, session: int, case: str, by: str, reason: str, node_key: str,
                 **changes) -> dict:
@@ -572,12 +599,59 @@ class Study:
                         (sub[0], sub[1], new_id))
             self.db.run("UPDATE reads SET status = 'superseded' WHERE read_id = ?", (old_id,))
             self._audit(by, "correct", reader=reader, case=case, session=session, node_key=node_key,
-                        reason=reason, before=before, after=after, version=version + 1)
+                        reason=reason, before=before, after=after, version=version + 1, read_id=new_id,
+                        supersedes=old_id, content=self._read_digest(new_id))
         return {"read_id": new_id, "version": version + 1}
 
     def audit_log(self) -> list[dict]:
-        return [{"seq": r[0], "at": r[1], "actor": r[2], "action": r[3], "detail": json.loads(r[4])}
-                for r in self.db.all("SELECT seq, at, actor, action, detail FROM audit ORDER BY seq")]
+        return [{"seq": r[0], "at": r[1], "actor": r[2], "action": r[3], "detail": json.loads(r[4]), "hash": r[5]}
+                for r in self.db.all("SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq")]
+
+    def verify(self) -> dict:
+        """Checks that history was not rewritten, even by someone who dropped the triggers: the audit
+        hash chain is unbroken, every submitted (or superseded) read has the content its submit or
+        correct entry vouches for, every such entry still has its read, and the triggers are there.
+        Returns {"ok", "problems", "entries", "chain_head"}."""
+        problems = []
+        prev, head, legacy, chained = "", None, 0, 0
+        for seq, at, actor, action, detail, h in self.db.all(
+                "SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq"):
+            if h is None:
+                if chained:
+                    problems.append(f"audit entry {seq} ({action}) has no hash after the chain began: inserted "
+                                    "or edited outside LLNAssist")
+                legacy += 1
+                continue
+            chained += 1
+            if h != chain_hash(prev, at, actor, action, detail):
+                problems.append(f"audit entry {seq} ({action} by {actor}) does not continue the hash chain: it was "
+                                "edited, or an entry before it was deleted")
+            prev = head = h
+        vouched = {}
+        for (detail,) in self.db.all("SELECT detail FROM audit WHERE action IN ('submit', 'correct') AND hash IS NOT "
+                                     "NULL ORDER BY seq"):
+            d = json.loads(detail)
+            vouched[d["read_id"]] = d["content"]
+        reads = {r[0]: r for r in self.db.all("SELECT read_id, reader_id, case_id, session, version, status FROM reads "
+                                              "WHERE status IN ('submitted', 'superseded')")}
+        for rid, content in vouched.items():
+            if rid not in reads:
+                problems.append(f"read {rid[:8]} was submitted (audit) but is no longer stored as submitted: deleted "
+                                "or reopened")
+            elif self._read_digest(rid) != content:
+                _, reader, case, session, version, _ = reads[rid]
+                problems.append(f"reader {reader}'s session-{session} read of case {case} (version {version}) differs "
+                                "from what was submitted: a rating was edited or deleted")
+        if chained and not legacy:  # in a study begun before the chain, early reads have no entry
+            for rid, (_, reader, case, session, version, _) in reads.items():
+                if rid not in vouched:
+                    problems.append(f"reader {reader}'s session-{session} read of case {case} (version {version}) "
+                                    "is marked submitted without a submit entry in the audit log")
+        missing = sorted(_db.expected_triggers(self.db.kind) - _db.present_triggers(self.db))
+        if missing:
+            problems.append(f"protective trigger(s) {', '.join(missing)} were dropped")
+        return {"ok": not problems, "problems": problems, "entries": chained + legacy, "chained": chained,
+                "legacy_unchained": legacy, "chain_head": head}
 
     # -- progress and exports -----------------------------------------------------------------------
     def status(self) -> dict:
