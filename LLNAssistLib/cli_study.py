@@ -88,15 +88,19 @@ def cmd_add_readers(a) -> int:
     from .readerstudy import Study
 
     rows = read_table(a.readers, ("reader_id",), "readers")
+    readers = []
+    for n, r in enumerate(rows, start=2):  # every row is checked before any is added
+        years = None
+        if r.get("years"):
+            try:
+                years = float(r["years"])
+            except ValueError:
+                raise InputError(f"readers line {n}: years {r['years']!r} is not a number; nothing was added") \
+                    from None
+        readers.append({"reader_id": r["reader_id"], "name": r.get("name", ""), "years": years,
+                        "override_reason": r.get("override_reason") or None})
     with Study.open(a.study) as st:
-        for n, r in enumerate(rows, start=2):
-            years = None
-            if r.get("years"):
-                try:
-                    years = float(r["years"])
-                except ValueError:
-                    raise InputError(f"readers line {n}: years {r['years']!r} is not a number") from None
-            st.add_reader(r["reader_id"], r.get("name", ""), years, r.get("override_reason") or None, actor=a.by)
+        st.add_readers(readers, actor=a.by)  # all or none
     print(f"added {len(rows)} reader(s)")
     return 0
 

@@ -616,3 +616,26 @@ def test_study_verify_cli_and_the_exported_chain_head(tmp_path):
     _raw(location, "DROP TRIGGER no_delete_audit", "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")
     p = run_cli("study", "verify", location, "--head", head, check_rc=2)
     assert "fails verification" in p.stderr and "removed from the end" in p.stderr
+
+
+def test_reader_ids_are_compared_ignoring_case_and_spacing_and_imports_are_all_or_nothing(tmp_path):
+    st = Study.create(str(tmp_path / "s.sqlite"), "x", seed=1)
+    cases = _cases(6)
+    cases[0]["reference_by"] = "Dr Smith"
+    st.add_cases(cases)
+    with pytest.raises(RuleRefused, match="reference standard"):
+        st.add_reader("  dr   SMITH ")
+    st.add_reader(" R1 ")
+    assert [r["reader_id"] for r in st.readers()] == ["R1"]
+    with pytest.raises(Exception, match="already in the study"):
+        st.add_reader("r1")
+    st.close()
+    (tmp_path / "readers.csv").write_text("reader_id,name,years\nR2,Dr Two,4\nR3,Dr Three,5\nr2,Again,1\n")
+    p = run_cli("study", "add-readers", tmp_path / "s.sqlite", tmp_path / "readers.csv", check_rc=2)
+    assert "listed twice" in p.stderr
+    (tmp_path / "readers2.csv").write_text("reader_id,name,years\nR4,Dr Four,4\nR5,Dr Five,many\n")
+    p = run_cli("study", "add-readers", tmp_path / "s.sqlite", tmp_path / "readers2.csv", check_rc=2)
+    assert "years 'many' is not a number" in p.stderr
+    st = Study.open(str(tmp_path / "s.sqlite"))
+    assert [r["reader_id"] for r in st.readers()] == ["R1"]  # nothing of either failed import
+    st.close()

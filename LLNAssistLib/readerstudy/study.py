@@ -76,6 +76,15 @@ def _check_washout(days) -> None:
         raise InputError(f"washout of {value:g} days is negative; give days >= 0")
 
 
+def normalise_reader_id(reader_id) -> str:
+    """A reader id as stored: surrounding spaces removed, inner runs of spaces made single."""
+    return " ".join(str(reader_id or "").split())
+
+
+def _reader_key(reader_id) -> str:
+    return normalise_reader_id(reader_id).casefold()
+
+
 def chain_hash(prev: str, at: str, actor: str, action: str, detail: str) -> str:
     """One link of the audit hash chain."""
     return hashlib.sha256(_canonical([prev, at, actor, action, detail]).encode("utf-8")).hexdigest()
@@ -226,26 +235,48 @@ class Study:
 
     def add_reader(self, reader_id: str, name: str = "", years: float | None = None,
                    override_reason: str | None = None, actor: str = "coordinator") -> None:
-        rid = str(reader_id).strip()
-        if not rid:
-            raise InputError("reader id is empty; give each reader an id")
+        self.add_readers([{"reader_id": reader_id, "name": name, "years": years,
+                           "override_reason": override_reason}], actor)
+
+    def add_readers(self, readers: list[dict], actor: str = "coordinator") -> int:
+        """Adds every reader or none (one transaction). Ids are compared ignoring case and spacing, so
+        "dr  smith" is the reference-standard reader "Dr Smith" and a duplicate of reader "DR SMITH"."""
         with self.db.transaction():
-            refs = self.db.all("SELECT case_id FROM cases WHERE reference_by = ?", (rid,))
-            if refs and not override_reason:
-                raise RuleRefused(f"reader {rid} set the reference standard of {len(refs)} case(s) (e.g. "
-                                  f"{refs[0][0]}); a reader must be independent of the truth - add them with "
-                                  "an override reason if the coordinator accepts it")
-            row = self.db.one("SELECT active FROM readers WHERE reader_id = ?", (rid,))
-            if row:
-                if row[0]:
-                    raise InputError(f"reader {rid} is already in the study")
-                self.db.run("UPDATE readers SET active = 1 WHERE reader_id = ?", (rid,))
-                self._audit(actor, "readd_reader", reader=rid)
-                return
-            seq = self.db.one("SELECT COUNT(*) FROM readers")[0]
-            self.db.run("INSERT INTO readers (reader_id, name, years, active, seq, reference_override, added_at) "
-                        "VALUES (?, ?, ?, 1, ?, ?, ?)", (rid, name, years, seq, override_reason, _iso(self.clock())))
-            self._audit(actor, "add_reader", reader=rid, name=name, years=years, override_reason=override_reason)
+            refs = {}
+            for case_id, by in self.db.all("SELECT case_id, reference_by FROM cases WHERE reference_by IS NOT NULL"):
+                refs.setdefault(_reader_key(by), []).append(case_id)
+            existing = {_reader_key(r): (r, active) for r, active in
+                        self.db.all("SELECT reader_id, active FROM readers")}
+            seen = set()
+            for r in readers:
+                rid = normalise_reader_id(r.get("reader_id"))
+                if not rid:
+                    raise InputError("reader id is empty; give each reader an id")
+                key = _reader_key(rid)
+                if key in seen:
+                    raise InputError(f"reader {rid} is listed twice (ids are compared ignoring case and spacing)")
+                seen.add(key)
+                override = r.get("override_reason") or None
+                if key in refs and not override:
+                    raise RuleRefused(f"reader {rid} set the reference standard of {len(refs[key])} case(s) (e.g. "
+                                      f"{refs[key][0]}); a reader must be independent of the truth - add them with "
+                                      "an override reason if the coordinator accepts it")
+                if key in existing:
+                    stored, active = existing[key]
+                    if active:
+                        raise InputError(f"reader {rid} is already in the study" +
+                                         (f" as {stored}" if stored != rid else ""))
+                    self.db.run("UPDATE readers SET active = 1 WHERE reader_id = ?", (stored,))
+                    self._audit(actor, "readd_reader", reader=stored)
+                    continue
+                seq = self.db.one("SELECT COUNT(*) FROM readers")[0]
+                self.db.run("INSERT INTO readers (reader_id, name, years, active, seq, reference_override, added_at) "
+                            "VALUES (?, ?, ?, 1, ?, ?, ?)", (rid, r.get("name") or "", r.get("years"), seq, override,
+                                                             _iso(self.clock())))
+                self._audit(actor, "add_reader", reader=rid, name=r.get("name") or "", years=r.get("years"),
+                            override_reason=override)
+                existing[key] = (rid, 1)
+        return len(readers)
 
     def remove_reader(self, reader_id: str, reason: str, actor: str = "coordinator") -> None:
         """Deactivates a reader; their reads stay (nothing is deleted) and come back if re-added."""
