@@ -60,6 +60,11 @@ def _study(location, clock, design="crossover", readers=("R1", "R2", "R3", "R4")
     return st
 
 
+def _start(st, reader):
+    """The reader opens their first case: that starts the study (freezes the protocol, draws orders)."""
+    st.open_read(reader, 1, st.next_case(reader, 1)["case_id"])
+
+
 def _read(st, reader, session, case, score=3, call=False, **kw):
     st.record_rating(reader=reader, session=session, case=case, rating=score, call=call, point=(60, 10, -20), **kw)
     return st.submit_read(reader, session, case)
@@ -71,7 +76,7 @@ def test_crossover_design_is_balanced_randomised_and_frozen(location):
     assert st.protocol["washout_days"] == 28
     first = {}
     for r in ("R1", "R2", "R3", "R4"):
-        st.next_case(r, 1)
+        _start(st, r)
     assert st.frozen and len(st.protocol_hash) == 64
     with pytest.raises(RuleRefused, match="frozen"):
         st.set_protocol(washout_days=14)
@@ -121,7 +126,7 @@ def test_washout_refuses_session_two_until_it_passes_and_records_overrides(locat
 def test_unaided_reads_never_see_or_cite_the_ai(location):
     clock = Clock()
     st = _study(location, clock)
-    st.next_case("R1", 1)  # assignments are drawn at the reader's first request
+    _start(st, "R1")  # assignments are drawn when the reader opens the first case
     order = st.db.all("SELECT case_id, modality FROM assignments WHERE reader_id='R1' AND session=1")
     unaided = next(c for c, m in order if m == "unaided")
     aided = next(c for c, m in order if m == "aided")
@@ -246,7 +251,7 @@ def test_sequential_design_aided_follows_unaided(location):
     clock = Clock()
     st = _study(location, clock, design="sequential", readers=("R1",), unaided_only_fraction=0.2)
     assert st.protocol["washout_days"] == 0
-    st.next_case("R1", 1)
+    _start(st, "R1")
     s2 = st.db.all("SELECT case_id FROM assignments WHERE reader_id='R1' AND session=2")
     assert len(s2) == 16  # 20 % of 20 cases (stratified) kept unaided-only
     seen = []
@@ -471,7 +476,7 @@ def test_crossover_groups_stay_balanced_with_odd_strata(tmp_path):
     st.add_cases([{"case_id": f"P{i}", "truth": 1} for i in range(3)] + [{"case_id": f"N{i}", "truth": 0}
                                                                          for i in range(3)])
     st.add_reader("R1")
-    st.next_case("R1", 1)
+    _start(st, "R1")
     groups = Counter(c["group"] for c in st.cases())
     assert groups == {0: 3, 1: 3}
     st.close()
@@ -639,3 +644,18 @@ def test_reader_ids_are_compared_ignoring_case_and_spacing_and_imports_are_all_o
     st = Study.open(str(tmp_path / "s.sqlite"))
     assert [r["reader_id"] for r in st.readers()] == ["R1"]  # nothing of either failed import
     st.close()
+
+
+def test_looking_at_the_next_case_does_not_start_the_study(location):
+    clock = Clock()
+    st = _study(location, clock, readers=("R1",), n=10)
+    first = st.next_case("R1", 1)
+    assert first["done"] == 0 and not st.frozen
+    st.add_cases([{"case_id": "LATE01", "truth": 1}])  # still possible: nobody has started reading
+    st.set_protocol(washout_days=21)
+    nxt = st.next_case("R1", 1)
+    st.open_read("R1", 1, nxt["case_id"])
+    assert st.frozen and st.next_case("R1", 1)["case_id"] == nxt["case_id"]  # resumes the opened read
+    assert "LATE01" in [c["case_id"] for c in st.cases()]
+    with pytest.raises(RuleRefused, match="fixed"):
+        st.add_cases([{"case_id": "TOO_LATE", "truth": 0}])

@@ -311,28 +311,33 @@ class Study:
         return row
 
     # -- freezing and assignments ------------------------------------------------------------------
-    def _freeze(self) -> None:
-        """At the first read: fix the protocol hash and split cases into the design's groups."""
-        if self.frozen:
-            return
-        proto = json.loads(self._meta("protocol"))
+    def _groups(self, proto: dict) -> dict:
+        """The design's split of the study cases, stratified by truth (deterministic from the seed)."""
         cases = self.db.all("SELECT case_id, truth_patient FROM cases WHERE training = 0 ORDER BY case_id")
         if not cases:
             raise RuleRefused("the study has no cases; add cases before reading")
         rng = random.Random(f"{proto['seed']}:groups")
         # Stratified by truth so both groups (crossover) or both arms (sequential) hold positives;
         # the alternation runs on across strata so odd-sized strata do not all favour group 0.
-        running = 0
+        groups, running = {}, 0
         for truth in (0, 1):
             ids = [c for c, t in cases if t == truth]
             rng.shuffle(ids)
             for k, cid in enumerate(ids):
                 if proto["design"] == "crossover":
-                    grp = running % 2
+                    groups[cid] = running % 2
                     running += 1
                 else:  # sequential: group 1 = kept unaided-only
-                    grp = int(k < round(proto["unaided_only_fraction"] * len(ids)))
-                self.db.run("UPDATE cases SET grp = ? WHERE case_id = ?", (grp, cid))
+                    groups[cid] = int(k < round(proto["unaided_only_fraction"] * len(ids)))
+        return groups
+
+    def _freeze(self) -> None:
+        """At the first read: fix the protocol hash and split cases into the design's groups."""
+        if self.frozen:
+            return
+        proto = json.loads(self._meta("protocol"))
+        for cid, grp in self._groups(proto).items():
+            self.db.run("UPDATE cases SET grp = ? WHERE case_id = ?", (grp, cid))
         digest = hashlib.sha256(_canonical(proto).encode()).hexdigest()
         self.db.run("INSERT INTO meta VALUES ('protocol_hash', ?)", (digest,))
         self.db.run("INSERT INTO meta VALUES ('frozen_at', ?)", (_iso(self.clock()),))
@@ -347,12 +352,10 @@ class Study:
             return "unaided"
         return None if grp == 1 else "aided"
 
-    def _ensure_assignments(self, reader: str, seq: int) -> None:
-        if self.db.one("SELECT 1 FROM assignments WHERE reader_id = ? LIMIT 1", (reader,)):
-            return
-        self._freeze()
+    def _orders(self, reader: str, seq: int, groups: dict) -> list:
+        """Session 1 and 2 reading orders [(case_id, modality), ...] of one reader."""
         proto = self.protocol
-        study_cases = self.db.all("SELECT case_id, grp FROM cases WHERE training = 0 ORDER BY case_id")
+        study_cases = sorted(groups.items())
         training = [r[0] for r in self.db.all("SELECT case_id FROM cases WHERE training = 1 ORDER BY case_id")]
         orders = []
         for session in (1, 2):
@@ -368,6 +371,15 @@ class Study:
             if session == 1:
                 items = [(cid, "unaided") for cid in training] + items
             orders.append(items)
+        return orders
+
+    def _ensure_assignments(self, reader: str, seq: int) -> None:
+        if self.db.one("SELECT 1 FROM assignments WHERE reader_id = ? LIMIT 1", (reader,)):
+            return
+        self._freeze()
+        groups = dict(self.db.all("SELECT case_id, grp FROM cases WHERE training = 0 ORDER BY case_id"))
+        orders = self._orders(reader, seq, groups)
+        for session, items in enumerate(orders, start=1):
             for pos, (cid, mod) in enumerate(items):
                 self.db.run("INSERT INTO assignments VALUES (?, ?, ?, ?, ?)", (reader, session, pos, cid, mod))
         self._audit("system", "assign", reader=reader, n=[len(o) for o in orders])
@@ -392,6 +404,18 @@ class Study:
         """The reader's next case in this session (an open read first: resume where they left off), or
         None when the session is done. Includes progress (`done`, `total`)."""
         self._check_session(session)
+        if not self.frozen:
+            # Looking does not start the study: the protocol and the case list stay open until the
+            # first read is opened (open_read freezes them and stores the reading orders).
+            _, _, seq = self._reader(reader)
+            items = self._orders(reader, seq, self._groups(self.protocol))[session - 1]
+            if not items:
+                return None
+            cid, mod = items[0]
+            info = {"case_id": cid, "session": session, "modality": mod, "position": 0, "done": 0,
+                    "total": len(items), "resumed": False}
+            info["available"], info["waiting_reason"] = self._available(reader, session, cid)
+            return info
         with self.db.transaction():
             _, _, seq = self._reader(reader)
             self._ensure_assignments(reader, seq)
