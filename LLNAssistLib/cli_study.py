@@ -144,6 +144,9 @@ def cmd_rate(a) -> int:
             point = []
         if len(point) != 3:
             raise InputError(f"--point {a.point!r} must be three numbers R,A,S in mm")
+    if a.override_reason and not a.by:
+        raise InputError("a washout override needs --by COORDINATOR_ID: the coordinator who decides it (recorded "
+                         "in the audit log)")
     override = Override(a.by, a.override_reason) if a.override_reason else None
     with Study.open(a.study) as st:
         res = st.record_rating(reader=a.reader, session=a.session, case=a.case, rating=a.score,
@@ -184,6 +187,35 @@ def cmd_export(a) -> int:
     if a.audit:
         write_text(a.audit, json.dumps({"chain_head": head, "entries": audit}, indent=2) + "\n")
     print(f"exported {text.count(chr(10)) - 1} rating(s) -> {a.out}; audit chain head {head}")
+    return 0
+
+
+def cmd_correct(a) -> int:
+    """A coordinator's correction of a submitted read: a new version, the old one kept."""
+    from .readerstudy import Study
+
+    changes = {}
+    if a.score is not None:
+        changes["rating"] = a.score
+    if a.call is not None:
+        changes["call"] = a.call == "yes"
+    if a.comment is not None:
+        changes["comment"] = a.comment
+    if not changes:
+        raise InputError("nothing to correct; give --score, --call or --comment")
+    with Study.open(a.study) as st:
+        res = st.correct(reader=a.reader, session=a.session, case=a.case, by=a.by, reason=a.reason,
+                         node_key=a.node, **changes)
+    print(f"corrected: version {res['version']} of reader {a.reader}'s session-{a.session} read of case {a.case}")
+    return 0
+
+
+def cmd_add_staff(a) -> int:
+    from .readerstudy import Study
+
+    with Study.open(a.study) as st:
+        st.add_staff(a.user, a.role, actor=a.by, name=a.name or "")
+    print(f"{a.user} is a {a.role} of the study")
     return 0
 
 
@@ -369,7 +401,7 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--comment")
     p.add_argument("--submit", action="store_true", help="submit the read after recording")
     p.add_argument("--override-reason", help="coordinator override of the washout, recorded in the audit log")
-    p.add_argument("--by", default="coordinator", help="who overrides")
+    p.add_argument("--by", help="the coordinator who overrides (required with --override-reason)")
     p.set_defaults(func=cmd_rate)
 
     p = st.add_parser("serve", help="a browser reading station for one reader (trame-slicer)")
@@ -385,6 +417,27 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--audit", help="also write the audit log as JSON (with its chain head)")
     p.add_argument("--include-training", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = st.add_parser("correct", help="a coordinator corrects a submitted read (new version; old kept, audited)")
+    p.add_argument("study", help=where)
+    p.add_argument("--reader", required=True)
+    p.add_argument("--session", type=int, required=True)
+    p.add_argument("--case", required=True)
+    p.add_argument("--node", required=True, help="the rated node's key (see `study export`, column node_key)")
+    p.add_argument("--by", required=True, help="the coordinator making the correction")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--score", type=int, choices=[1, 2, 3, 4, 5])
+    p.add_argument("--call", choices=["yes", "no"])
+    p.add_argument("--comment")
+    p.set_defaults(func=cmd_correct)
+
+    p = st.add_parser("add-staff", help="add a coordinator or a reference reader (by a coordinator)")
+    p.add_argument("study", help=where)
+    p.add_argument("--user", required=True)
+    p.add_argument("--role", required=True, choices=["coordinator", "reference"])
+    p.add_argument("--name")
+    p.add_argument("--by", default="coordinator", help="the coordinator adding them")
+    p.set_defaults(func=cmd_add_staff)
 
     p = st.add_parser("verify", help="check the audit hash chain, the submitted reads and the triggers")
     p.add_argument("study")

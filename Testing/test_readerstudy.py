@@ -113,6 +113,9 @@ def test_washout_refuses_session_two_until_it_passes_and_records_overrides(locat
     clock.advance(days=27, hours=23)
     with pytest.raises(RuleRefused, match="washout"):
         st.record_rating(reader="R1", session=2, case=case, rating=4, call=True, point=(1, 2, 3))
+    with pytest.raises(RuleRefused, match="only a coordinator"):  # a reader cannot lift their own washout
+        st.open_read("R1", 2, case, override=Override("R1", "I am leaving"))
+    st.add_staff("coordinator Kim", "coordinator", actor="coordinator")
     st.open_read("R1", 2, case, override=Override("coordinator Kim", "reader leaves the site"))
     entry = [a for a in st.audit_log() if a["action"] == "override_washout"][-1]
     assert entry["actor"] == "coordinator Kim" and entry["detail"]["reason"] == "reader leaves the site"
@@ -167,7 +170,11 @@ def test_submitted_reads_are_immutable_corrections_are_versions_with_audit(locat
             st.db.run("UPDATE audit SET actor = 'x'")
     clock.advance(hours=1)
     key = st.final_ratings()[0]["node_key"]
-    st.correct(reader="R2", session=1, case=case, by="R2", reason="clicked 2 instead of 4", node_key=key, rating=4)
+    with pytest.raises(RuleRefused, match="only a coordinator"):  # readers do not correct their own reads
+        st.correct(reader="R2", session=1, case=case, by="R2", reason="clicked 2 instead of 4", node_key=key,
+                   rating=4)
+    st.correct(reader="R2", session=1, case=case, by="coordinator", reason="clicked 2 instead of 4",
+               node_key=key, rating=4)
     final = st.final_ratings()
     assert len(final) == 1 and final[0]["rating"] == 4 and final[0]["version"] == 2
     versions = st.db.all("SELECT version, status FROM reads WHERE reader_id='R2' AND case_id=? ORDER BY version",
@@ -177,7 +184,7 @@ def test_submitted_reads_are_immutable_corrections_are_versions_with_audit(locat
                     "r.reader_id='R2'")
     assert old == (2,)  # the original is kept
     entry = [a for a in st.audit_log() if a["action"] == "correct"][-1]
-    assert entry["actor"] == "R2" and entry["detail"]["before"] == {"rating": 2}
+    assert entry["actor"] == "coordinator" and entry["detail"]["before"] == {"rating": 2}
     assert entry["detail"]["after"] == {"rating": 4} and entry["detail"]["reason"] == "clicked 2 instead of 4"
     st.close()
 
@@ -659,3 +666,39 @@ def test_looking_at_the_next_case_does_not_start_the_study(location):
     assert "LATE01" in [c["case_id"] for c in st.cases()]
     with pytest.raises(RuleRefused, match="fixed"):
         st.add_cases([{"case_id": "TOO_LATE", "truth": 0}])
+
+
+def test_roles_coordinators_manage_readers_only_read_and_the_cli_names_the_real_actor(location, tmp_path):
+    clock = Clock()
+    st = _study(location, clock, readers=("R1", "R2"), n=10)
+    assert st.role_of("coordinator") == "coordinator" and st.role_of("R1") == "reader" and st.role_of("x") is None
+    for call in (lambda: st.add_cases([{"case_id": "X1", "truth": 1}], actor="R1"),
+                 lambda: st.add_reader("R9", actor="R1"), lambda: st.remove_reader("R2", "gone", actor="R1"),
+                 lambda: st.set_protocol(actor="R2", washout_days=1),
+                 lambda: st.add_staff("R1", "coordinator", actor="R1")):
+        with pytest.raises(RuleRefused, match="only a coordinator"):
+            call()
+    st.add_staff("Dr Ref", "reference", actor="coordinator")
+    assert st.role_of("dr ref") == "reference"
+    with pytest.raises(RuleRefused, match="only a coordinator"):
+        st.add_reader("R7", actor="Dr Ref")
+    actions = [(a["actor"], a["action"]) for a in st.audit_log()]
+    assert ("coordinator", "add_staff") in actions
+    assert not any(a == "R1" and act.startswith("add") for a, act in actions)
+    st.close()
+
+
+def test_study_correct_and_override_on_the_cli_need_a_named_coordinator(tmp_path):
+    location = str(tmp_path / "s.sqlite")
+    st, done = _study_with_reads(location)
+    reader, case = done[1]
+    key = st.ratings_of(st._latest_read(reader, 1, case)[0])[0]["node_key"]
+    st.close()
+    base = ["study", "correct", location, "--reader", reader, "--session", "1", "--case", case, "--node", key,
+            "--reason", "typo", "--score", "2"]
+    p = run_cli(*base, "--by", reader, check_rc=2)
+    assert "only a coordinator" in p.stderr
+    assert "corrected: version 2" in run_cli(*base, "--by", "coordinator", check_rc=0).stdout
+    p = run_cli("study", "rate", location, "--reader", "R1", "--session", "2", "--case", done[2][1], "--score", "3",
+                "--override-reason", "leaving", check_rc=2)
+    assert "needs --by COORDINATOR_ID" in p.stderr

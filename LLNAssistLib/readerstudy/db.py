@@ -18,7 +18,7 @@ from typing import Iterator
 from ..errors import InputError
 
 SCHEMA_VERSION = 1
-TABLES = ("meta", "cases", "readers", "assignments", "reads", "ratings", "audit")
+TABLES = ("meta", "cases", "readers", "assignments", "reads", "ratings", "audit", "staff")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,7 +39,10 @@ CREATE TABLE IF NOT EXISTS ratings (
   read_id TEXT NOT NULL, node_key TEXT NOT NULL, ai_node_id TEXT, r REAL, a REAL, s REAL, region TEXT,
   side TEXT, score INTEGER NOT NULL, call INTEGER, most_suspicious INTEGER NOT NULL, comment TEXT,
   recorded_at TEXT NOT NULL, PRIMARY KEY (read_id, node_key));
+CREATE TABLE IF NOT EXISTS staff (
+  user_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT, active INTEGER NOT NULL, added_at TEXT NOT NULL);
 """
+_STAFF_TABLE = _DDL[_DDL.index("CREATE TABLE IF NOT EXISTS staff"):]
 
 _SQLITE_EXTRA = """
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
@@ -259,12 +262,27 @@ def present_triggers(db: Database) -> set:
     return {r[0] for r in db.all("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
 
 
-def ensure_audit_hash_column(db: Database) -> None:
-    """Studies made before the hash chain get the column (their earlier entries stay unchained)."""
+def upgrade(db: Database) -> bool:
+    """Brings a study made by an earlier version up to date: the audit hash column (earlier entries
+    stay unchained) and the staff table of roles, with its no-delete trigger. Existing triggers are
+    never recreated, so `verify` still sees one that was dropped. Returns whether staff was added."""
     if db.kind == "postgresql":
         db.run("ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT")
-    elif "hash" not in {r[1] for r in db.all("PRAGMA table_info(audit)")}:
-        db.run("ALTER TABLE audit ADD COLUMN hash TEXT")
+        has_staff = db.one("SELECT to_regclass('staff')")[0] is not None
+    else:
+        if "hash" not in {r[1] for r in db.all("PRAGMA table_info(audit)")}:
+            db.run("ALTER TABLE audit ADD COLUMN hash TEXT")
+        has_staff = bool(db.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staff'"))
+    if has_staff:
+        return False
+    db.run(_STAFF_TABLE)
+    if db.kind == "postgresql":
+        db.run("CREATE TRIGGER no_delete_staff BEFORE DELETE ON staff FOR EACH ROW EXECUTE FUNCTION "
+               "llnassist_no_delete()")
+    else:
+        db.run("CREATE TRIGGER no_delete_staff BEFORE DELETE ON staff BEGIN SELECT RAISE(ABORT, "
+               "'LLNAssist studies never delete rows'); END")
+    return True
 
 
 class IntegrityRefused(InputError):

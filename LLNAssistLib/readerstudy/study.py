@@ -146,14 +146,51 @@ class Study:
             database.run("INSERT INTO meta VALUES ('protocol', ?)", (_canonical(protocol),))
             database.run("INSERT INTO meta VALUES ('created_at', ?)", (_iso(clock()),))
             _append_audit(database, _iso(clock()), actor, "create", _canonical(protocol))  # the chain's first link
+            database.run("INSERT INTO staff VALUES (?, 'coordinator', '', 1, ?)",
+                         (normalise_reader_id(actor), _iso(clock())))  # who creates a study coordinates it
         return cls(database, clock)
 
     @classmethod
     def open(cls, location, clock: Callable[[], _dt.datetime] = _utcnow) -> Study:
         st = cls(_db.connect(location, create=False), clock)
         with st.db.transaction():
-            _db.ensure_audit_hash_column(st.db)
+            if _db.upgrade(st.db):  # a study from before roles: its default actor coordinates it
+                st.db.run("INSERT INTO staff VALUES ('coordinator', 'coordinator', '', 1, ?)", (_iso(st.clock()),))
+                st._audit("system", "add_staff", user="coordinator", role="coordinator", note="upgrade")
         return st
+
+    # -- roles --------------------------------------------------------------------------------------
+    def role_of(self, user: str) -> Optional[str]:
+        """coordinator, reference, reader or None; ids compared ignoring case and spacing."""
+        key = _reader_key(user)
+        for uid, role in self.db.all("SELECT user_id, role FROM staff WHERE active = 1"):
+            if _reader_key(uid) == key:
+                return role
+        readers = self.db.all("SELECT reader_id FROM readers WHERE active = 1")
+        return "reader" if any(_reader_key(r) == key for (r,) in readers) else None
+
+    def _require_coordinator(self, user: str, what: str) -> str:
+        who = normalise_reader_id(user)
+        if self.role_of(who) != "coordinator":
+            raise RuleRefused(f"only a coordinator of this study may {what}; {who or 'nobody'} is "
+                              f"{'a ' + self.role_of(who) if self.role_of(who) else 'not a member of it'}")
+        return who
+
+    def add_staff(self, user: str, role: str, actor: str, name: str = "") -> None:
+        """Coordinators (manage the study, override washouts, correct reads) and reference readers
+        (set the reference standard); added by a coordinator."""
+        if role not in ("coordinator", "reference"):
+            raise InputError(f"role {role!r} is unknown; use coordinator or reference (readers are added as readers)")
+        uid = normalise_reader_id(user)
+        if not uid:
+            raise InputError("user id is empty")
+        with self.db.transaction():
+            actor = self._require_coordinator(actor, "add staff")
+            if self.db.one("SELECT 1 FROM staff WHERE user_id = ?", (uid,)):
+                self.db.run("UPDATE staff SET role = ?, active = 1 WHERE user_id = ?", (role, uid))
+            else:
+                self.db.run("INSERT INTO staff VALUES (?, ?, ?, 1, ?)", (uid, role, name, _iso(self.clock())))
+            self._audit(actor, "add_staff", user=uid, role=role)
 
     def close(self) -> None:
         self.db.close()
@@ -186,6 +223,7 @@ class Study:
     def set_protocol(self, actor: str = "coordinator", **changes) -> dict:
         """Change protocol fields (washout_days, seed, scale, analysis_plan...) before the first read."""
         with self.db.transaction():
+            actor = self._require_coordinator(actor, "change the protocol")
             if self.frozen:
                 raise RuleRefused("the protocol is frozen since the first read started; start a new study to "
                                   "change it")
@@ -208,6 +246,7 @@ class Study:
         ai (dict: probability, status, nodes, segmentation...), training, reference_by."""
         added = 0
         with self.db.transaction():
+            actor = self._require_coordinator(actor, "add cases")
             frozen = self.frozen
             for c in cases:
                 cid = str(c.get("case_id") or "").strip()
@@ -242,6 +281,7 @@ class Study:
         """Adds every reader or none (one transaction). Ids are compared ignoring case and spacing, so
         "dr  smith" is the reference-standard reader "Dr Smith" and a duplicate of reader "DR SMITH"."""
         with self.db.transaction():
+            actor = self._require_coordinator(actor, "add readers")
             refs = {}
             for case_id, by in self.db.all("SELECT case_id, reference_by FROM cases WHERE reference_by IS NOT NULL"):
                 refs.setdefault(_reader_key(by), []).append(case_id)
@@ -281,6 +321,7 @@ class Study:
     def remove_reader(self, reader_id: str, reason: str, actor: str = "coordinator") -> None:
         """Deactivates a reader; their reads stay (nothing is deleted) and come back if re-added."""
         with self.db.transaction():
+            actor = self._require_coordinator(actor, "remove readers")
             if not self.db.run("UPDATE readers SET active = 0 WHERE reader_id = ? AND active = 1", (reader_id,)):
                 raise InputError(f"reader {reader_id} is not an active reader of this study")
             self._audit(actor, "remove_reader", reader=reader_id, reason=reason)
@@ -483,6 +524,7 @@ class Study:
         if not ok:
             if override is None or "washout" not in why:
                 raise RuleRefused(why + ("" if "washout" not in why else "; a coordinator may override with a reason"))
+            self._require_coordinator(override.by, "override the washout")
             self._audit(override.by, "override_washout", reader=reader, case=case, session=session,
                         reason=override.reason, rule=why)
         if self.protocol["design"] == "sequential" and session == 1:
@@ -622,6 +664,7 @@ class Study:
         if "rating" in changes and changes["rating"] not in (1, 2, 3, 4, 5):
             raise InputError(f"score {changes['rating']!r} is not on the 1-5 scale")
         with self.db.transaction():
+            by = self._require_coordinator(by, "correct a submitted read")
             latest = self._latest_read(reader, session, case)
             if not latest or latest[1] != "submitted":
                 raise RuleRefused(f"reader {reader}'s session-{session} read of case {case} is not submitted; "
