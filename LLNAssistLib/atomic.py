@@ -116,7 +116,7 @@ def check_output_folder(out_dir: str | os.PathLike, own_files: tuple, inputs: tu
     if not entries:
         return
     try:
-        ours = "llnassist" in json.loads((out_dir / marker).read_text()).get("versions", {})
+        ours = "llnassist" in json.loads((out_dir / marker).read_text(encoding="utf-8")).get("versions", {})
     except (OSError, ValueError, AttributeError):
         ours = False
     foreign = [e for e in entries if not ours or e not in own_files]

@@ -95,7 +95,7 @@ def _node_rows(out_dir: Path, case_id: str) -> list:
     f = out_dir / "cases" / case_id / "nodes.csv"
     if not f.is_file():
         return []
-    with open(f, newline="") as fh:
+    with open(f, newline="", encoding="utf-8") as fh:
         return [{"case_id": case_id, **r} for r in csv.DictReader(line for line in fh if not line.startswith("#"))]
 
 
@@ -122,7 +122,7 @@ class _Ledger:
         f = out_dir / "failures.json"
         if f.is_file():
             try:
-                self.failures = json.loads(f.read_text())
+                self.failures = json.loads(f.read_text(encoding="utf-8"))
             except ValueError:
                 self.failures = {}
 
@@ -130,7 +130,7 @@ class _Ledger:
         s = self.out_dir / "cases" / case_id / "summary.json"
         if not s.is_file():
             return False
-        summary = json.loads(s.read_text())
+        summary = json.loads(s.read_text(encoding="utf-8"))
         self.rows[case_id] = {"case_id": case_id, "status": "ok", "error": "", **_summary_row(summary)}
         self.nodes[case_id] = _node_rows(self.out_dir, case_id)
         self.failures.pop(case_id, None)

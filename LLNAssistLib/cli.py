@@ -313,7 +313,7 @@ def _run(args) -> int:
 
         log = Path(tempfile.gettempdir()) / "llnassist-crash.log"  # TMPDIR/TEMP/TMP; no /tmp on Windows
         try:
-            log.write_text(traceback.format_exc())
+            log.write_text(traceback.format_exc(), encoding="utf-8")
             where = f"; details in {log}"
         except OSError:
             where = ""

@@ -29,7 +29,7 @@ def _ai_from_analysis(folder: str) -> dict:
     d = Path(folder)
     summary = _load_json(str(d / "summary.json"), "analysis summary")
     nodes = []
-    with open(d / "nodes.csv", newline="") as f:
+    with open(d / "nodes.csv", newline="", encoding="utf-8") as f:
         # a result forced past the domain gate starts with a '#' line
         for row in csv.DictReader(line for line in f if not line.startswith("#")):
             nodes.append(row)

@@ -61,7 +61,7 @@ def evaluate_case(seed: int, analyze_opts, workdir: Path) -> dict:
     t0 = time.perf_counter()
     summary = analyze(case / "image.nii.gz", case / "out", analyze_opts)
     wall = time.perf_counter() - t0
-    pred = json.loads((case / "out" / "nodes.json").read_text())
+    pred = json.loads((case / "out" / "nodes.json").read_text(encoding="utf-8"))
     pred_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "out" / "labels.nii.gz")))
     truth = ph.truth["nodes"]
     pairs = match_nodes(truth, pred)

@@ -415,10 +415,10 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     seg.SetAttribute(ATTR_MODEL_NOTICE, C.SYNTHETIC_MODEL_NOTICE)
     summary_path = d / "summary.json"
     if summary_path.is_file():
-        notice = json.loads(summary_path.read_text()).get("domain", {}).get("notice")
+        notice = json.loads(summary_path.read_text(encoding="utf-8")).get("domain", {}).get("notice")
         if notice:
             seg.SetAttribute(ATTR_OUT_OF_DOMAIN, notice)
-    nodes = json.loads((d / "nodes.json").read_text())
+    nodes = json.loads((d / "nodes.json").read_text(encoding="utf-8"))
     # summary.json is written last (it marks a complete result); the report renders before it.
     status = "positive" if any(n["dl_status"] == "positive" for n in nodes) else "negative"
     for sid in region_segment_ids(seg):
@@ -747,7 +747,7 @@ def report_images(image: sitk.Image, result_dir: str | os.PathLike, size: int = 
     from .imageio import write_image
     from .report import KeyImage
 
-    nodes = json.loads((Path(result_dir) / "nodes.json").read_text())
+    nodes = json.loads((Path(result_dir) / "nodes.json").read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory(prefix="llnassist-render-") as work:
         vol_path = Path(work) / "image.nrrd"
         write_image(image, vol_path, compress=False)

@@ -399,7 +399,7 @@ def write(ph: Phantom, out_dir, dicom: bool = False, seed: int = 0) -> None:
     with staged_directory(out_dir, marker="truth.json") as stage:
         write_image(img, stage / "image.nii.gz")
         write_image(lab, stage / "labels.nii.gz")
-        (stage / "truth.json").write_text(json.dumps(ph.truth, indent=2))
+        (stage / "truth.json").write_text(json.dumps(ph.truth, indent=2), encoding="utf-8")
         if dicom:
             from .dicom_write import SeriesSpec, StudySpec, write_mr_series
 

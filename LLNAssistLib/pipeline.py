@@ -275,10 +275,10 @@ def _write_outputs(out_dir: Path, image, image_canon, labels, lab_arr, nodes, su
     notice = summary["domain"].get("notice", "")
     with staged_directory(out_dir, marker="summary.json") as stage:
         write_image(labels, stage / "labels.nii.gz")
-        (stage / "nodes.csv").write_text(nodes_csv(nodes, notice))
+        (stage / "nodes.csv").write_text(nodes_csv(nodes, notice), encoding="utf-8")
         names = slice_names(nodes, image, image_canon, inp)
         details = [{**node_details(n, image_canon), "key_image": names[n.node_id]} for n in nodes]
-        (stage / "nodes.json").write_text(json.dumps(details, indent=2))
+        (stage / "nodes.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
         present = {(C.REGION_CODE[r], s) for r in C.REGION_LABELS for s in C.SIDES
                    if ((lab_arr == r) & (left == (s == "left"))).any()}
         specs = segfile.segments_for(nodes, present, {C.TAG_OUT_OF_DOMAIN: notice} if notice else None)
@@ -292,8 +292,9 @@ def _write_outputs(out_dir: Path, image, image_canon, labels, lab_arr, nodes, su
         timings["write"] = time.perf_counter() - t_write
         summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         summary["timings_s"]["total"] = round(sum(timings.values()), 3)
-        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview, names))
-        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview, names),
+                                           encoding="utf-8")
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     progress("done", 1.0, str(out_dir))
 
 

@@ -25,9 +25,9 @@ def test_outputs_exist_and_follow_the_contract(analyzed, small_case):
     assert not [p for p in out.parent.iterdir() if ".partial" in p.name]
     with open(out / "nodes.csv") as f:
         rows = list(csv.DictReader(f))
-    header = (out / "nodes.csv").read_text().splitlines()[0].split(",")
+    header = (out / "nodes.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert header == CONTRACT_COLUMNS
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     for k in ("patient_status", "n_nodes", "n_positive", "max_short_axis_mm", "model", "timings_s", "versions"):
         assert k in s
     man = M.read_manifest(M.resolve_model_dir(None))
@@ -61,7 +61,7 @@ def test_nodes_agree_with_phantom_truth(analyzed, small_phantom):
         assert (p["size_positive"] == "True") == (float(p["short_axis_mm"]) >= 7.0)
     errs = [abs(float(pred[j]["short_axis_mm"]) - truth[i]["short_axis_mm"]) for i, j in pairs]
     assert np.median(errs) <= 1.0
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert s["patient_status"] == small_phantom.truth["patient_status"]
 
 
@@ -93,7 +93,7 @@ def test_segmentation_file_has_named_coloured_coded_segments(analyzed):
 
 def test_report_reads_like_a_structured_report(analyzed):
     out, _ = analyzed
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     with open(out / "nodes.csv") as f:
         rows = list(csv.DictReader(f))
     assert "Not for clinical use" in html and "synthetic" in html

@@ -54,7 +54,7 @@ def test_a_broken_case_is_listed_the_others_finish_and_a_rerun_touches_nothing_f
     assert rows["BROKEN"]["status"] == "failed" and rows["BROKEN"]["error"].startswith("cannot read image")
     assert rows["BROKEN"]["centre"].startswith("'=")  # passed through, not runnable as a spreadsheet formula
     for cid in ("P0", "P1"):
-        summary = (out / "cases" / cid / "summary.json").read_text()
+        summary = (out / "cases" / cid / "summary.json").read_text(encoding="utf-8")
         assert rows[cid]["status"] == "ok" and rows[cid]["n_nodes"] in summary
         assert rows[cid]["model_id"] == "llnassist-phantom-dynunet25d"
     with open(out / "nodes.csv", newline="") as f:
@@ -94,7 +94,7 @@ def test_dask_local_cluster_gives_the_local_result(cases, tmp_path):
     from LLNAssistLib import batch
 
     good = tmp_path / "good.csv"
-    good.write_text("".join(line for line in (cases / "cases.csv").read_text().splitlines(keepends=True)
+    good.write_text("".join(line for line in (cases / "cases.csv").read_text(encoding="utf-8").splitlines(keepends=True)
                             if "BROKEN" not in line).replace("P0/", f"{cases}/P0/").replace("P1/", f"{cases}/P1/"))
     opts = {"device": "cpu", "radiomics": False, "key_images": False}
     local = batch.run(str(good), str(tmp_path / "local"), opts)
@@ -105,7 +105,8 @@ def test_dask_local_cluster_gives_the_local_result(cases, tmp_path):
     for cid in ("P0", "P1"):
         for k in ("status", "patient_status", "n_nodes", "n_positive", "max_short_axis_mm"):
             assert a[cid][k] == b[cid][k], (cid, k)
-    assert (tmp_path / "local" / "nodes.csv").read_text() == (tmp_path / "dask" / "nodes.csv").read_text()
+    local_nodes = (tmp_path / "local" / "nodes.csv").read_text(encoding="utf-8")
+    assert local_nodes == (tmp_path / "dask" / "nodes.csv").read_text(encoding="utf-8")
 
 
 def test_batch_usage_errors_exit_2(tmp_path):

@@ -176,7 +176,7 @@ def test_refit_gives_an_honest_auc_and_a_score_file_analyze_can_use(tmp_path):
     out = tmp_path / "refit.json"
     run_cli("cohort", "refit", tmp_path / "f.csv", "--truth", "truth", "--features", ",".join(names), "--center",
             "centre", "--seed", "3", "--out", out, "--report", tmp_path / "refit.html", check_rc=0)
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     assert 0.7 < res["outer_auc"]["estimate"] < 0.95
     coefs = res["score"]["coefficients"]
     assert coefs["original_glcm_InverseVariance"] > 0 and coefs["original_glcm_MCC"] < 0
@@ -190,7 +190,7 @@ def test_refit_gives_an_honest_auc_and_a_score_file_analyze_can_use(tmp_path):
     again = tmp_path / "again.json"
     run_cli("cohort", "refit", tmp_path / "f.csv", "--truth", "truth", "--features", ",".join(names), "--center",
             "centre", "--seed", "3", "--out", again, check_rc=0)
-    assert json.loads(again.read_text()) == res  # seeded
+    assert json.loads(again.read_text(encoding="utf-8")) == res  # seeded
 
 
 def test_diagnostic_exact_intervals_kappa_and_heat_map(tmp_path):
@@ -207,13 +207,13 @@ def test_diagnostic_exact_intervals_kappa_and_heat_map(tmp_path):
     out = tmp_path / "d.json"
     run_cli("cohort", "diagnostic", tmp_path / "d.csv", "--truth", "truth", "--pred", "model,reader2", "--out", out,
             "--report", tmp_path / "d.html", check_rc=0)
-    res = json.loads(out.read_text())["predictions"]["model"]
+    res = json.loads(out.read_text(encoding="utf-8"))["predictions"]["model"]
     tp = int(((r1 == 1) & (truth == 1)).sum())
     fn = int(((r1 == 0) & (truth == 1)).sum())
     r = R(f"cat(binom.test({tp}, {tp + fn})$conf.int, sep='\\n')")
     assert [res["sensitivity"]["lower"], res["sensitivity"]["upper"]] == pytest.approx(r, rel=1e-9)
     assert res["sensitivity"]["estimate"] == tp / (tp + fn) and res["kappa"]["label"] in ("substantial", "moderate")
-    assert "id='fig-kappa'" in (tmp_path / "d.html").read_text()
+    assert "id='fig-kappa'" in (tmp_path / "d.html").read_text(encoding="utf-8")
 
 
 def test_baseline_table_tests_match_r(tmp_path):
@@ -263,6 +263,6 @@ def test_every_subcommand_writes_its_html_report(tmp_path, reference_dir):
     for name, (args, words) in runs.items():
         page = tmp_path / f"{name}.html"
         run_cli("cohort", *args, "--out", tmp_path / f"{name}.json", "--report", page, check_rc=0)
-        text = page.read_text()
+        text = page.read_text(encoding="utf-8")
         assert all(w in text for w in words), (name, [w for w in words if w not in text])
-        assert json.loads((tmp_path / f"{name}.json").read_text())
+        assert json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))

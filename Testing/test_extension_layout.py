@@ -10,7 +10,7 @@ from conftest import REPO
 
 def test_module_cmake_lists_every_library_file_and_the_bundled_data():
     """A file missing from LLNAssist/CMakeLists.txt is missing from the installed extension."""
-    cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\s+(LLNAssistLib/\S+\.py)$", cmake, re.M))
     present = {p.relative_to(REPO).as_posix() for p in (REPO / "LLNAssistLib").rglob("*.py")}
     assert present == listed, (present ^ listed)
@@ -20,7 +20,7 @@ def test_module_cmake_lists_every_library_file_and_the_bundled_data():
     for p in data:
         assert re.search(rf"^\s+{re.escape(p.relative_to(REPO).as_posix())}$", cmake, re.M), p
     assert not re.search(r"^\s+\.\./", cmake, re.M)  # the trap: a listed "../x" lands outside the install
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(LLNAssist)" in top and 'EXTENSION_DEPENDS "PyTorch"' in top
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
 
@@ -40,7 +40,7 @@ def _ui_names() -> dict:
 
 
 def test_every_ui_name_the_widget_uses_exists_in_the_ui_file():
-    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text()
+    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", src))
     # names built in loops: getattr(self.ui, f"score{k}Button") and the display check boxes
     used |= {f"score{k}Button" for k in range(1, 6)} if 'f"score{k}Button"' in src else set()
@@ -52,7 +52,7 @@ def test_every_ui_name_the_widget_uses_exists_in_the_ui_file():
 def test_ui_parameter_bindings_match_the_parameter_node_and_custom_widgets_are_declared():
     import xml.etree.ElementTree as ET
 
-    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text()
+    src = (REPO / "LLNAssist" / "LLNAssist.py").read_text(encoding="utf-8")
     block = src.split("class LLNAssistParameterNode:")[1].split("\n\n\n")[0]
     fields = set(re.findall(r"^\s{4}(\w+):", block, re.M))
     root = ET.parse(REPO / "LLNAssist" / "Resources" / "UI" / "LLNAssist.ui").getroot()
@@ -74,7 +74,7 @@ def test_ui_parameter_bindings_match_the_parameter_node_and_custom_widgets_are_d
 
 
 def test_module_resources_are_listed_in_cmake():
-    cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "LLNAssist" / "CMakeLists.txt").read_text(encoding="utf-8")
     for p in (REPO / "LLNAssist" / "Resources").rglob("*"):
         if p.is_file():
             rel = p.relative_to(REPO / "LLNAssist").as_posix().replace("LLNAssist.", "${MODULE_NAME}.")
@@ -87,7 +87,7 @@ def test_slicer_side_code_parses_as_python_3_9():
 
     files = list((REPO / "LLNAssistLib").rglob("*.py")) + [REPO / "LLNAssist" / "LLNAssist.py"]
     for p in files:
-        ast.parse(p.read_text(), filename=str(p), feature_version=(3, 9))
+        ast.parse(p.read_text(encoding="utf-8"), filename=str(p), feature_version=(3, 9))
 
 
 def _module():
@@ -153,5 +153,5 @@ def test_a_postgresql_study_url_survives_the_study_field():
     assert str(pathlib.Path(url)) != url  # what binding the field to a Path did
     assert mod._study_location_or_none(f"  {url} ") == url
     assert mod._study_location_or_none("   ") is None
-    block = (REPO / "LLNAssist" / "LLNAssist.py").read_text().split("class LLNAssistParameterNode:")[1]
+    block = (REPO / "LLNAssist" / "LLNAssist.py").read_text(encoding="utf-8").split("class LLNAssistParameterNode:")[1]
     assert re.search(r"^\s{4}studyLocation: str\b", block, re.M)

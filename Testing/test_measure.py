@@ -93,7 +93,7 @@ def test_measure_cli_on_oblique_anisotropic_file(tmp_path):
     img.SetOrigin((12.0, -40.0, 80.0))
     sitk.WriteImage(img, str(tmp_path / "lab.nrrd"))
     p = run_cli("measure", tmp_path / "lab.nrrd", "--out", tmp_path / "m.csv", check_rc=0)
-    rows = [ln.split(",") for ln in (tmp_path / "m.csv").read_text().strip().splitlines()]
+    rows = [ln.split(",") for ln in (tmp_path / "m.csv").read_text(encoding="utf-8").strip().splitlines()]
     assert rows[0] == ["label", "short_axis_mm", "long_axis_mm", "volume_mm3"]
     got = {int(r[0]): [float(v) for v in r[1:]] for r in rows[1:]}
     tol = math.hypot(sx, sy)

@@ -53,8 +53,8 @@ def test_results_to_scene_names_colours_codes_lines_table(loaded):
     table = B.table_rows(res.table)
     assert [t["node_id"] for t in table] == [r["node_id"] for r in rows]
     assert all(float(t["short_axis_mm"]) == pytest.approx(float(r["short_axis_mm"])) for t, r in zip(table, rows))
-    assert res.segmentation.GetAttribute(B.ATTR_PATIENT_STATUS) == json.loads((out / "summary.json").read_text())[
-        "patient_status"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert res.segmentation.GetAttribute(B.ATTR_PATIENT_STATUS) == summary["patient_status"]
     assert "synthetic" in res.segmentation.GetAttribute(B.ATTR_MODEL_NOTICE)
 
 
@@ -154,7 +154,7 @@ def test_delete_nodes_updates_table_lines_and_patient_status(loaded):
 
 def test_click_to_segment_adds_a_missed_node(loaded, small_case):
     scene, vol, res, out = loaded
-    truth = json.loads((small_case / "truth.json").read_text())
+    truth = json.loads((small_case / "truth.json").read_text(encoding="utf-8"))
     rows = _csv_rows(out)
     # the node the model found nearest each truth node; remove one as if the model had missed it
     target = max(truth["nodes"], key=lambda n: n["short_axis_mm"])
@@ -212,7 +212,7 @@ def test_key_image_from_a_real_slice_view_shows_node_colours(loaded, tmp_path):
 
 def test_terminology_file_is_generated_from_conventions_and_loads_in_slicer():
     path = REPO / "Resources" / "Terminology" / "LLNAssist.term.json"
-    assert json.loads(path.read_text()) == segfile.terminology_json()
+    assert json.loads(path.read_text(encoding="utf-8")) == segfile.terminology_json()
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
     ctx = logic.LoadTerminologyFromFile(str(path))
     assert ctx == C.TERMINOLOGY_CONTEXT

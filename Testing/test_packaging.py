@@ -92,7 +92,7 @@ def test_installed_tree_holds_the_library_model_terminology_sample_and_ui(extens
                 "Resources/Sample/LLNPhantom900507/truth.json"):
         assert (qsm / rel).is_file(), rel
     model = qsm / "Resources" / "models" / M.DEFAULT_MODEL_ID
-    man = json.loads((model / "manifest.json").read_text())
+    man = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
     assert M.sha256_file(model / man["weights"]) == man["sha256"]
 
 
@@ -164,9 +164,10 @@ def test_the_installed_extension_analyses_its_sample_as_the_module_does(extensio
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["rc"] == 0, got
     assert str(Path(got["runner"]).resolve()).startswith(str(qsm.resolve()))
-    summary = json.loads((out / "summary.json").read_text())
-    truth = json.loads((qsm / "Resources" / "Sample" / "LLNPhantom900507" / "truth.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    truth = json.loads((qsm / "Resources" / "Sample" / "LLNPhantom900507" / "truth.json").read_text(encoding="utf-8"))
     assert summary["patient_status"] == truth["patient_status"]
     assert summary["n_nodes"] == len(truth["nodes"])
-    man = json.loads((qsm / "Resources" / "models" / summary["model"]["id"] / "manifest.json").read_text())
+    man_path = qsm / "Resources" / "models" / summary["model"]["id"] / "manifest.json"
+    man = json.loads(man_path.read_text(encoding="utf-8"))
     assert summary["model"]["sha256"] == man["sha256"]

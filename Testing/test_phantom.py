@@ -65,7 +65,7 @@ def test_cli_writes_case(tmp_path):
     run_cli("phantom", "--seed", 3, "--out", tmp_path / "c", "--size", 256, "--slices", 24, check_rc=0)
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
     assert names == ["image.nii.gz", "labels.nii.gz", "truth.json"]
-    t = json.loads((tmp_path / "c" / "truth.json").read_text())
+    t = json.loads((tmp_path / "c" / "truth.json").read_text(encoding="utf-8"))
     keys = {"node_id", "centroid_r", "centroid_a", "centroid_s", "region", "side", "status", "short_axis_mm",
             "long_axis_mm"}
     assert all(keys <= set(n) for n in t["nodes"]) and t["patient_status"] in ("positive", "negative")

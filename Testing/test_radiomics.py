@@ -32,7 +32,7 @@ def test_cli_score_equals_published_formula_on_pyradiomics_features(small_case, 
     label = _label_of_first_node(small_phantom)
     run_cli("radiomics", small_case / "image.nii.gz", small_case / "labels.nii.gz", "--label", label,
             "--out", tmp_path / "r.json", check_rc=0)
-    r = json.loads((tmp_path / "r.json").read_text())
+    r = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert r["engine"] == "pyradiomics"
     f = r["features"]
     assert len(f) == 107  # PyRadiomics' full default feature set (original image)
@@ -46,7 +46,7 @@ def test_clinical_radiomics_variant(small_case, small_phantom, tmp_path):
     label = _label_of_first_node(small_phantom)
     run_cli("radiomics", small_case / "image.nii.gz", small_case / "labels.nii.gz", "--label", label,
             "--sex", "female", "--neoadjuvant-radiotherapy", "yes", "--out", tmp_path / "r.json", check_rc=0)
-    r = json.loads((tmp_path / "r.json").read_text())
+    r = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     f = r["features"]
     s = CLINICAL["intercept"] + CLINICAL["sex_female"] + CLINICAL["neoadjuvant_radiotherapy"] + sum(
         c * f[k] for k, c in CLINICAL.items() if k.startswith("original_"))
@@ -116,7 +116,7 @@ def test_native_engine_gives_the_same_score_on_phantom_nodes(small_case, small_p
         for engine in ("pyradiomics", "native"):
             run_cli("radiomics", small_case / "image.nii.gz", small_case / "labels.nii.gz", "--label", label,
                     "--engine", engine, "--out", tmp_path / f"{engine}.json", check_rc=0)
-            res[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+            res[engine] = json.loads((tmp_path / f"{engine}.json").read_text(encoding="utf-8"))
         assert res["native"]["engine"] == "native" and len(res["native"]["features"]) == 7
         for k, v in res["native"]["features"].items():
             assert v == pytest.approx(res["pyradiomics"]["features"][k], rel=1e-6), k

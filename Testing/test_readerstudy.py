@@ -371,7 +371,7 @@ def test_study_analysis_matches_independent_computation(location, tmp_path):
     st.close()
     out = tmp_path / "res.json"
     run_cli("study", "analyze", location, "--out", out, check_rc=0)
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     run_cli("study", "export", location, "--out", tmp_path / "export.csv", check_rc=0)
     import csv
 
@@ -622,7 +622,7 @@ def test_study_verify_cli_and_the_exported_chain_head(tmp_path):
     st, _ = _study_with_reads(location)
     st.close()
     p = run_cli("study", "export", location, "--out", tmp_path / "r.csv", "--audit", tmp_path / "a.json", check_rc=0)
-    head = json.loads((tmp_path / "a.json").read_text())["chain_head"]
+    head = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))["chain_head"]
     assert head in p.stdout
     assert "ok:" in run_cli("study", "verify", location, "--head", head, check_rc=0).stdout
     _raw(location, "DROP TRIGGER no_delete_audit", "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")

@@ -50,7 +50,7 @@ def test_axial_t2_is_chosen_over_axial_t1_tse_and_sagittal_t2_and_named_in_the_o
                                         (T1_TSE_AX, images["other"])])
     out = tmp_path / "out"
     p = run_cli("analyze", tmp_path / "study", "--out", out, "--device", "cpu", check_rc=0)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     src = summary["source"]
     assert src["series_instance_uid"] == uids["T2 TSE AX"] and src["series_number"] == 3
     assert src["description"] == "T2 TSE AX" and src["study_date"] == "2026-03-14"
@@ -58,16 +58,17 @@ def test_axial_t2_is_chosen_over_axial_t1_tse_and_sagittal_t2_and_named_in_the_o
     not_used = {o["description"]: o["not_used_because"] for o in src["other_series"]}
     assert "T1-weighted" in not_used["T1 TSE AX"] and "sagittal" in not_used["T2 TSE SAG"]
     # the same pixels as the NIfTI case: the same result
-    ref = json.loads((analyzed[0] / "summary.json").read_text())
+    ref = json.loads((analyzed[0] / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_nodes"] == ref["n_nodes"] and summary["patient_status"] == ref["patient_status"]
     assert abs(summary["max_short_axis_mm"] - ref["max_short_axis_mm"]) < 0.05
     # a pseudonymous reference, never the name or hospital number unless asked
-    report = (out / "report.html").read_text()
+    report = (out / "report.html").read_text(encoding="utf-8")
     assert src["patient_reference"].startswith("LLN-") and src["patient_reference"] in report
     for ident in ("DOE^JANE", "MRN0042137"):
-        assert ident not in (out / "summary.json").read_text() and ident not in report
+        assert ident not in (out / "summary.json").read_text(encoding="utf-8") and ident not in report
         assert ident not in p.stdout + p.stderr
-    assert "T2 TSE AX" in report and "image " in json.loads((out / "nodes.json").read_text())[0]["key_image"]
+    first_node = json.loads((out / "nodes.json").read_text(encoding="utf-8"))[0]
+    assert "T2 TSE AX" in report and "image " in first_node["key_image"]
 
 
 def test_contrast_enhanced_t1_diffusion_and_adc_are_not_taken_for_t2(tmp_path, images):
@@ -203,11 +204,11 @@ def test_force_runs_and_marks_every_output_out_of_domain(tmp_path, images):
     out = tmp_path / "out"
     p = run_cli("analyze", path, "--out", out, "--device", "cpu", "--force", "--no-report-images", check_rc=0)
     assert "warning: OUTSIDE THE MODEL'S VALIDATED DOMAIN" in p.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["domain"]["validated"] is False and summary["domain"]["forced"] is True
     assert any("CT Hounsfield" in r for r in summary["domain"]["reasons"])
-    assert (out / "nodes.csv").read_text().startswith("# OUTSIDE THE MODEL'S VALIDATED DOMAIN")
-    assert "id='out-of-domain'" in (out / "report.html").read_text()
+    assert (out / "nodes.csv").read_text(encoding="utf-8").startswith("# OUTSIDE THE MODEL'S VALIDATED DOMAIN")
+    assert "id='out-of-domain'" in (out / "report.html").read_text(encoding="utf-8")
     import slicerio
 
     seg = slicerio.read_segmentation(str(out / "segmentation.seg.nrrd"), skip_voxels=True)
@@ -302,5 +303,5 @@ def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path):
                        env=dict(os.environ, LLNASSIST_LOG=str(log)), timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == "[llnassist] 100.0% done: x"
-    text = log.read_text()
+    text = log.read_text(encoding="utf-8")
     assert "overflow encountered in exp" in text and "unexpected scales in sform" in text

@@ -77,7 +77,7 @@ def test_report_without_nodes_says_so_and_still_shows_the_anatomy(browser, tmp_p
     out = tmp_path / "out"
     run_cli("analyze", tmp_path / "case" / "image.nii.gz", "--out", out, "--device", "cpu", "--no-radiomics",
             check_rc=0)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_nodes"] == 0
     page = _open(browser, out / "report.html", "report-no-nodes.png")
     assert page.inner_text("#summary").startswith("No lateral lymph node detected.")

@@ -31,7 +31,7 @@ def test_analysis_in_a_separate_process_reports_stages_and_finishes(small_case, 
     stages = [e.stage for e in events]
     assert stages[0] == "load" and stages[-1] == "done" and "inference" in stages and "radiomics" in stages
     assert [e.fraction for e in events] == sorted(e.fraction for e in events)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_nodes"] >= 1
 
 

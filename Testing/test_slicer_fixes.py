@@ -141,5 +141,5 @@ def test_crash_log_goes_to_the_platforms_temporary_folder(tmp_path, monkeypatch,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
     (tmp_path / "temp").mkdir()
     assert cli.main(["measure", str(tmp_path / "x.nii.gz")]) == 1
-    assert "RuntimeError: a bug" in (tmp_path / "temp" / "llnassist-crash.log").read_text()
+    assert "RuntimeError: a bug" in (tmp_path / "temp" / "llnassist-crash.log").read_text(encoding="utf-8")
     assert str(tmp_path / "temp") in capfd.readouterr().err

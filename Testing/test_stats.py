@@ -16,7 +16,7 @@ from LLNAssistLib.stats import roc
 def vandyke(reference_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("vd") / "vd.json"
     run_cli("study", "analyze", reference_dir / "vandyke_mrmc.csv", "--out", out, check_rc=0)
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_vandyke_reader_aucs(vandyke):
@@ -163,6 +163,6 @@ def test_roc_curve_and_html_report(vandyke, tmp_path, reference_dir):
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc.auc([1, 2, 3, 4], [0, 0, 1, 1]))
     # the report is written beside the JSON by default
     run_cli("study", "analyze", reference_dir / "vandyke_mrmc.csv", "--out", tmp_path / "s.json", check_rc=0)
-    page = (tmp_path / "s.html").read_text()
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2  # ROC curves, kappa heat map
     assert "0.920 (" in page and "F(1, 15.26) = 4.456" in page

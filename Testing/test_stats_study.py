@@ -91,7 +91,7 @@ def test_power_cli_on_van_dyke_pilot(reference_dir, tmp_path):
     out = tmp_path / "power.json"
     p = run_cli("study", "power", reference_dir / "vandyke_mrmc.csv", "--effect", "0.05", "--readers", "5,10",
                 "--cases", "114,300", "--out", out, check_rc=0)
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     assert res["pilot"] == {"readers": 5, "cases": 114, "covariance": "delong",
                             "observed_auc_diff": pytest.approx(-0.04380032, abs=1e-6)}
     grid = {(g["readers"], g["cases"]): g["power"] for g in res["grid"]}
@@ -153,7 +153,7 @@ def test_identical_readers_give_defined_json_not_nan(tmp_path):
     out = tmp_path / "o.json"
     p = run_cli("study", "analyze", f, "--out", out, check_rc=0)
     assert "undefined" not in p.stderr
-    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    res = json.loads(out.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     rrrc = res["mrmc"]["or_delong"]["rrrc"]
     assert rrrc["df2"] is None and 0 <= rrrc["p"] <= 1
     assert res["mrmc"]["or_delong"]["rrfc"]["f"] is None

@@ -52,7 +52,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, straight_run):
 def test_export_checksum_and_safe_loading(tmp_path, straight_run):
     man = export_weights(straight_run, tmp_path / "m", "test-model", "0.0.1", "llnassist train ...")
     assert man["sha256"] == M.sha256_file(tmp_path / "m" / "model.pt")
-    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["training_data"]["synthetic"] is True
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["training_data"]["synthetic"] is True
     loaded = load_model(str(tmp_path / "m"), "cpu")
     assert loaded.manifest["id"] == "test-model"
     with torch.no_grad():

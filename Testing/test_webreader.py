@@ -109,7 +109,7 @@ def _check_layer(page, study):
         return
     assert "AI: patient" in _text(page, "#ai-text")
     if "C0" in title:
-        n_nodes = len(json.loads((analyzed_dir(study) / "nodes.json").read_text()))
+        n_nodes = len(json.loads((analyzed_dir(study) / "nodes.json").read_text(encoding="utf-8")))
         assert n_nodes and page.locator(".ai-node").count() == n_nodes
     else:
         assert "probability 0.20" in _text(page, "#ai-text")

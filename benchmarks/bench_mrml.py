@@ -30,7 +30,7 @@ def main():
     a = ap.parse_args()
     if not (Path(a.results) / "nodes.json").is_file():
         sys.exit(f"error: {a.results} has no analysis; run `bash scripts/demo.sh` first")
-    truth = json.loads((SAMPLE / "truth.json").read_text())
+    truth = json.loads((SAMPLE / "truth.json").read_text(encoding="utf-8"))
     times: dict = {}
 
     def timed(name, fn, *args, **kw):
@@ -57,7 +57,7 @@ def main():
             timed("render key image 400 px (EGL)", B.render_key_image, scene, vol, centre, Path(d) / "k.png")
             timed("save .mrb", B.save_mrb, scene, Path(d) / "c.mrb")
             timed("load .mrb", B.load_mrb, Path(d) / "c.mrb", str(Path(d) / "cache"))
-    n_nodes = len(json.loads((Path(a.results) / "nodes.json").read_text()))
+    n_nodes = len(json.loads((Path(a.results) / "nodes.json").read_text(encoding="utf-8")))
     print(f"MRML bridge on the bundled sample ({n_nodes} nodes), median of {a.repeats}, seconds")
     print(f"{'operation':<38}{'median s':>10}")
     for name, xs in times.items():

@@ -83,7 +83,7 @@ def resolve_model_dir(model: Optional[str]) -> Path:
 
 def read_manifest(model_dir: Path) -> dict:
     try:
-        man = json.loads((model_dir / MANIFEST).read_text())
+        man = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {model_dir / MANIFEST}: {exc.__class__.__name__}; reinstall the model") \
             from None

@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         start = int(ck["iteration"])
         history = json.loads(ck["history"])
         log(f"resumed from {ckpt_path} at iteration {start}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     if start >= cfg.iterations:
         return out
     cases = _load_cases(cfg, log)
