@@ -193,8 +193,8 @@ class AnalysisProcess:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._proc = subprocess.Popen(self.command, cwd=self.cwd or repo, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
-                                      **popen_platform_kwargs())
+                                      stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                      bufsize=1, **popen_platform_kwargs())
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
