@@ -182,7 +182,7 @@ def cmd_export(a) -> int:
     with Study.open(a.study) as st:
         text = st.export_csv(include_training=a.include_training)
         audit = st.audit_log()
-        head = st.verify()["chain_head"]
+        head = st.chain_head()
     write_text(a.out, text)
     if a.audit:
         write_text(a.audit, json.dumps({"chain_head": head, "entries": audit}, indent=2) + "\n")

@@ -51,14 +51,16 @@ def numbers(rows: list, col: str, path: str, what: str = "a number") -> np.ndarr
     return np.array(out)
 
 
+_YES, _NO = {"1", "yes", "true", "positive"}, {"0", "no", "false", "negative"}
+
+
 def binary(rows: list, col: str, path: str) -> np.ndarray:
-    yes, no = {"1", "yes", "true", "positive"}, {"0", "no", "false", "negative"}
     out = []
     for n, r in enumerate(rows, start=2):
         v = r[col].strip().lower()
-        if v in yes:
+        if v in _YES:
             out.append(1)
-        elif v in no:
+        elif v in _NO:
             out.append(0)
         else:
             raise InputError(f"{path} row {n}: {col} is {r[col]!r}; it must be 0/1 (or yes/no, positive/negative)")
@@ -128,7 +130,7 @@ def _hr(table: dict) -> dict:
 
 
 def _is_binary(rows: list, col: str) -> bool:
-    return {r[col].strip().lower() for r in rows} <= {"0", "1", "yes", "no", "true", "false", "positive", "negative"}
+    return {r[col].strip().lower() for r in rows} <= _YES | _NO
 
 
 def diagnostic(path: str, truth: str, pred: Sequence[str], by: Optional[str] = None, join: Optional[str] = None,

@@ -90,8 +90,10 @@ def acquisition_axis(image: sitk.Image) -> int:
     return k if sp[k] > 1.3 * others.max() else 2
 
 
-def check_input(image: sitk.Image, modality: Optional[str] = None, suggestion: str = "") -> GateResult:
-    """The checks before the model; `suggestion` names a better series when one is known."""
+def check_input(image: sitk.Image, modality: Optional[str] = None, suggestion: str = "",
+                canon_body: Optional[tuple] = None) -> GateResult:
+    """The checks before the model; `suggestion` names a better series when one is known.
+    `canon_body` is (canonical image, body mask) when the caller has them already."""
     from .body import body_mask
     from .dicomseries import plane_of
     from .imageio import to_axial_canonical
@@ -142,8 +144,10 @@ def check_input(image: sitk.Image, modality: Optional[str] = None, suggestion: s
                          f">= {MIN_COVERAGE_MM:.0f} mm)")
     if g.reasons:
         return g
-    canon = to_axial_canonical(image)
-    body = body_mask(sitk.GetArrayViewFromImage(canon))
+    if canon_body is None:
+        canon = to_axial_canonical(image)
+        canon_body = (canon, body_mask(sitk.GetArrayViewFromImage(canon)))
+    canon, body = canon_body
     nz = body.shape[0]
     mid = body[nz // 3: max(nz // 3 + 1, 2 * nz // 3)]
     cols = np.flatnonzero(mid.any(axis=(0, 1)))

@@ -72,12 +72,11 @@ def _node_mask_image(canon: sitk.Image, node) -> sitk.Image:
 
 
 def run_radiomics(image_canon: sitk.Image, labels_canon: sitk.Image, nodes, opts: AnalysisOptions,
-                  progress: Progress = _noop) -> str:
+                  progress: Progress = _noop, score_model: Optional[dict] = None) -> str:
     """Fills node.radiomics for every node; returns the engine used."""
     from . import radiomics as R
 
     engine = "pyradiomics"
-    score_model = R.load_score_file(opts.score_file) if opts.score_file else None
     for idx, n in enumerate(nodes):
         mask = _node_mask_image(labels_canon, n)
         res = R.node_radiomics(image_canon, mask, label=1, engine=opts.radiomics_engine, sex=opts.sex,
@@ -114,16 +113,22 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, OUTPUT_FILES, inputs=[Path(image_path)])
+    score_model = None
     if opts.score_file:
         from .radiomics import load_score_file
 
-        load_score_file(opts.score_file)  # refuse a bad file before the long work
+        score_model = load_score_file(opts.score_file)  # a bad file is refused before the long work
     timings: dict = {}
     t = time.perf_counter()
     progress("load", 0.0, "reading image")
     inp = inputs.load(image_path, series=opts.series, patient_name=opts.patient_name)
     image = inp.image
-    gate_in = domain.check_input(image, inp.modality, inp.suggestion)
+    from .body import body_mask
+
+    # the canonical image and body mask serve the gate, the node measurement and the side of regions
+    image_canon = to_axial_canonical(image)
+    body = body_mask(sitk.GetArrayViewFromImage(image_canon))
+    gate_in = domain.check_input(image, inp.modality, inp.suggestion, canon_body=(image_canon, body))
     if not gate_in.ok and not opts.force:
         domain.refuse(gate_in)
     model = load_model(opts.model, opts.device, reuse=opts.reuse_model)
@@ -137,10 +142,6 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
 
     t = time.perf_counter()
     progress("measurement", 0.0, "nodes, regions, axes")
-    from .body import body_mask
-
-    image_canon = to_axial_canonical(image)
-    body = body_mask(sitk.GetArrayViewFromImage(image_canon))
     nodes = extract_nodes(labels, image, post_treatment=opts.post_treatment, body=body)
     labels_canon = to_axial_canonical(labels)
     lab_arr = sitk.GetArrayFromImage(labels_canon)
@@ -155,7 +156,7 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     t = time.perf_counter()
     engine = "none"
     if opts.radiomics and nodes:
-        engine = run_radiomics(image_canon, labels_canon, nodes, opts, progress)
+        engine = run_radiomics(image_canon, labels_canon, nodes, opts, progress, score_model)
     timings["radiomics"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -90,10 +90,14 @@ def chain_hash(prev: str, at: str, actor: str, action: str, detail: str) -> str:
     return hashlib.sha256(_canonical([prev, at, actor, action, detail]).encode("utf-8")).hexdigest()
 
 
+def _last_hash(db) -> Optional[str]:
+    row = db.one("SELECT hash FROM audit WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1")
+    return row[0] if row else None
+
+
 def _append_audit(db, at: str, actor: str, action: str, text: str) -> None:
-    prev = db.one("SELECT hash FROM audit WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1")
     db.run("INSERT INTO audit (at, actor, action, detail, hash) VALUES (?, ?, ?, ?, ?)",
-           (at, actor, action, text, chain_hash(prev[0] if prev else "", at, actor, action, text)))
+           (at, actor, action, text, chain_hash(_last_hash(db) or "", at, actor, action, text)))
 
 
 def default_protocol(name: str, design: str = "crossover", washout_days: float | None = None, seed: int = 0,
@@ -705,6 +709,10 @@ class Study:
         return [{"seq": r[0], "at": r[1], "actor": r[2], "action": r[3], "detail": json.loads(r[4]), "hash": r[5]}
                 for r in self.db.all("SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq")]
 
+    def chain_head(self) -> Optional[str]:
+        """The newest audit hash, as stored (exports carry it; `verify --head` compares with it)."""
+        return _last_hash(self.db)
+
     def verify(self) -> dict:
         """Checks that history was not rewritten, even by someone who dropped the triggers: the audit
         hash chain is unbroken, every submitted (or superseded) read has the content its submit or
@@ -712,6 +720,7 @@ class Study:
         Returns {"ok", "problems", "entries", "chain_head"}."""
         problems = []
         prev, head, legacy, chained = "", None, 0, 0
+        vouched = {}  # read_id -> digest of its ratings, from its submit or correct entry
         for seq, at, actor, action, detail, h in self.db.all(
                 "SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq"):
             if h is None:
@@ -725,11 +734,9 @@ class Study:
                 problems.append(f"audit entry {seq} ({action} by {actor}) does not continue the hash chain: it was "
                                 "edited, or an entry before it was deleted")
             prev = head = h
-        vouched = {}
-        for (detail,) in self.db.all("SELECT detail FROM audit WHERE action IN ('submit', 'correct') AND hash IS NOT "
-                                     "NULL ORDER BY seq"):
-            d = json.loads(detail)
-            vouched[d["read_id"]] = d["content"]
+            if action in ("submit", "correct"):
+                d = json.loads(detail)
+                vouched[d["read_id"]] = d["content"]
         reads = {r[0]: r for r in self.db.all("SELECT read_id, reader_id, case_id, session, version, status FROM reads "
                                               "WHERE status IN ('submitted', 'superseded')")}
         for rid, content in vouched.items():
