@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -333,9 +334,80 @@ def cmd_power(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .webreader import serve
+    from .readingserver import serve
 
-    serve(a.study, a.reader, host=a.host, port=a.port)
+    serve(a.study, host=a.host, port=a.port, allow_network=a.allow_network, public_url=a.public_url,
+          idle_minutes=a.idle_minutes)
+    return 0
+
+
+def cmd_reader_worker(a) -> int:
+    from .webreader import run_worker
+
+    run_worker(a.study, a.reader, port=a.port, auth_key_file=a.auth_key_file)
+    return 0
+
+
+def cmd_invite(a) -> int:
+    from .readerstudy import Study
+    from .readerstudy.access import invite
+
+    user = a.user or a.reader
+    if not user:
+        raise InputError("say who the link is for: --reader ID (or --user ID for a coordinator)")
+    with Study.open(a.study) as st:
+        token = invite(st, user, by=a.by, expires_days=a.expires_days, login_days=a.login_days)
+    base = a.url.rstrip("/")
+    print(f"sign-in link for {user} (use once within {a.expires_days:g} days; give it to them privately):")
+    print(f"{base}/signin?token={token}")
+    return 0
+
+
+def cmd_revoke(a) -> int:
+    from .readerstudy import Study
+    from .readerstudy.access import revoke
+
+    with Study.open(a.study) as st:
+        n = revoke(st, a.user, by=a.by, reason=a.reason)
+    print(f"revoked {n['links']} unused link(s) and {n['logins']} sign-in(s) of {a.user}")
+    return 0
+
+
+def cmd_access(a) -> int:
+    from .readerstudy import Study
+    from .readerstudy.access import access_list
+
+    with Study.open(a.study) as st:
+        rows = access_list(st)
+    for r in rows:
+        print(f"{r['user']:<16} {r['kind']:<8} {r['state']:<8} created {r['created_at'][:16]}  expires "
+              f"{r['expires_at'][:16]}")
+    if not rows:
+        print("no sign-in links issued yet (llnassist study invite)")
+    return 0
+
+
+def cmd_grant_server(a) -> int:
+    from .readerstudy import Study
+    from .readerstudy.access import grant_server_role
+
+    with Study.open(a.study) as st:
+        for sql in grant_server_role(st, a.role, by=a.by):
+            print(sql)
+    return 0
+
+
+def cmd_protocol(a) -> int:
+    from .readerstudy import Study
+
+    changes: dict = {}
+    if a.washout_days is not None:
+        changes["washout_days"] = a.washout_days
+    if a.free_order is not None:
+        changes["free_order"] = a.free_order == "yes"
+    with Study.open(a.study) as st:
+        proto = st.set_protocol(actor=a.by, **changes) if changes else st.protocol
+    print(json.dumps(proto, indent=1))
     return 0
 
 
@@ -404,12 +476,58 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--by", help="the coordinator who overrides (required with --override-reason)")
     p.set_defaults(func=cmd_rate)
 
-    p = st.add_parser("serve", help="a browser reading station for one reader (trame-slicer)")
+    p = st.add_parser("serve", help="the reading server for every reader of the study (sign-in by invite link)")
     p.add_argument("study", help=where)
-    p.add_argument("--reader", required=True)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--allow-network", action="store_true",
+                   help="needed to listen beyond this computer; put it behind a TLS reverse proxy (README)")
+    p.add_argument("--public-url", help="the address readers open, e.g. https://reading.example.org (behind a "
+                   "TLS proxy): pages are only accepted from it, and its cookies are Secure when it is https")
+    p.add_argument("--idle-minutes", type=float, default=30.0,
+                   help="stop a reader's station after this long without a connection")
     p.set_defaults(func=cmd_serve)
+
+    p = st.add_parser("reader-worker", help=argparse.SUPPRESS)
+    p.add_argument("study")
+    p.add_argument("--reader", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--auth-key-file", required=True)
+    p.set_defaults(func=cmd_reader_worker)
+
+    p = st.add_parser("invite", help="a one-time, expiring sign-in link for a reader or coordinator")
+    p.add_argument("study", help=where)
+    p.add_argument("--reader", help="the reader the link is for")
+    p.add_argument("--user", help="a coordinator or reference reader the link is for")
+    p.add_argument("--by", default="coordinator", help="the coordinator issuing it")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the reading server's address as readers open it")
+    p.add_argument("--expires-days", type=float, default=7.0, help="the link must be used within this (default 7)")
+    p.add_argument("--login-days", type=float, default=14.0, help="how long the sign-in lasts (default 14)")
+    p.set_defaults(func=cmd_invite)
+
+    p = st.add_parser("revoke", help="revoke a user's unused links and sign-ins (their open page stops working)")
+    p.add_argument("study", help=where)
+    p.add_argument("--user", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_revoke)
+
+    p = st.add_parser("access", help="sign-in links and sign-ins per user (no tokens)")
+    p.add_argument("study", help=where)
+    p.set_defaults(func=cmd_access)
+
+    p = st.add_parser("grant-server", help="PostgreSQL: give the reading server's database role only what it needs")
+    p.add_argument("study", help="postgresql:// URL (as the tables' owner)")
+    p.add_argument("--role", required=True)
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_grant_server)
+
+    p = st.add_parser("protocol", help="show the protocol, or change it before reading starts (coordinator)")
+    p.add_argument("study", help=where)
+    p.add_argument("--washout-days", type=float)
+    p.add_argument("--free-order", choices=["yes", "no"], help="let readers read cases in any order")
+    p.add_argument("--by", default="coordinator")
+    p.set_defaults(func=cmd_protocol)
 
     p = st.add_parser("export", help="ratings CSV with readable labels (latest versions; no image paths)")
     p.add_argument("study", help=where)

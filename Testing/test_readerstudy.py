@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from LLNAssistLib.conventions import READER_SCALE
+from LLNAssistLib.errors import InputError
 from LLNAssistLib.readerstudy import Override, RuleRefused, Study
 from LLNAssistLib.readerstudy.db import IntegrityRefused
 
@@ -52,8 +53,12 @@ def _cases(n=20, with_ai=True):
     return out
 
 
-def _study(location, clock, design="crossover", readers=("R1", "R2", "R3", "R4"), n=20, **kw):
+def _study(location, clock, design="crossover", readers=("R1", "R2", "R3", "R4"), n=20, free_order=True, **kw):
+    """Free order by default: most tests read cases out of the randomised order on purpose;
+    test_reading_order_is_enforced_unless_the_protocol_frees_it checks the default."""
     st = Study.create(location, "LLN pilot", design=design, seed=7, clock=clock, **kw)
+    if free_order:
+        st.set_protocol(free_order=True)
     st.add_cases(_cases(n))
     for k, r in enumerate(readers):
         st.add_reader(r, f"Dr {r}", 3 + k)
@@ -702,3 +707,146 @@ def test_study_correct_and_override_on_the_cli_need_a_named_coordinator(tmp_path
     p = run_cli("study", "rate", location, "--reader", "R1", "--session", "2", "--case", done[2][1], "--score", "3",
                 "--override-reason", "leaving", check_rc=2)
     assert "needs --by COORDINATOR_ID" in p.stderr
+
+
+def test_reading_order_is_enforced_unless_the_protocol_frees_it(location, tmp_path):
+    clock = Clock()
+    st = _study(location, clock, readers=("R1",), n=6, free_order=False)
+    assert st.protocol["free_order"] is False
+    first = st.next_case("R1", 1)["case_id"]
+    order = [c for c, _ in st._orders("R1", 1, st._groups(st.protocol))[0]]
+    assert order[0] == first
+    with pytest.raises(RuleRefused, match=f"reads case {first} before case {order[2]}"):
+        st.record_rating(reader="R1", session=1, case=order[2], rating=3, call=True, point=(1, 2, 3))
+    assert st.db.one("SELECT COUNT(*) FROM reads")[0] == 0  # the refused rating opened nothing
+    _read(st, "R1", 1, first)
+    _read(st, "R1", 1, order[1])  # the next in order is allowed
+    with pytest.raises(RuleRefused, match="frozen"):
+        st.set_protocol(free_order=True)
+    st.close()
+    # the CLI: a coordinator frees the order before reading starts; values are checked
+    path = tmp_path / "free.sqlite"
+    run_cli("study", "create", path, "--name", "x", check_rc=0)
+    p = run_cli("study", "protocol", path, "--free-order", "yes", "--by", "R9", check_rc=2)
+    assert "only a coordinator" in p.stderr
+    p = run_cli("study", "protocol", path, "--free-order", "yes", check_rc=0)
+    assert json.loads(p.stdout)["free_order"] is True
+    p = run_cli("study", "protocol", path, "--washout-days", "nan", check_rc=2)
+    assert "washout" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_sign_in_links_are_personal_one_time_expiring_and_revocable(location):
+    from LLNAssistLib.readerstudy import access
+
+    clock = Clock()
+    st = _study(location, clock, readers=("R1", "R2"), n=4)
+    with pytest.raises(RuleRefused, match="only a coordinator"):
+        access.invite(st, "R2", by="R1")
+    with pytest.raises(InputError, match="not a member"):
+        access.invite(st, "R9", by="coordinator")
+    with pytest.raises(InputError, match="days"):
+        access.invite(st, "R1", by="coordinator", expires_days=float("nan"))
+    token = access.invite(st, " r1 ", by="coordinator")  # ids match ignoring case and spacing
+    login, user = access.sign_in(st, token)
+    assert user == access.User("R1", "reader") and access.user_of(st, login) == user
+    with pytest.raises(access.AccessRefused, match="already used"):
+        access.sign_in(st, token)
+    for bad in ("", "x" * 500, token[:-1] + ("A" if token[-1] != "A" else "B")):
+        with pytest.raises(access.AccessRefused, match="not valid"):
+            access.sign_in(st, bad)
+        assert access.user_of(st, bad) is None
+    # an unused link expires; a sign-in ends after its days
+    late = access.invite(st, "R2", by="coordinator", expires_days=1, login_days=2)
+    clock.advance(days=1, minutes=1)
+    with pytest.raises(access.AccessRefused, match="expired"):
+        access.sign_in(st, late)
+    login2, _ = access.sign_in(st, access.invite(st, "R2", by="coordinator", login_days=2))
+    assert access.user_of(st, login2).user_id == "R2"
+    clock.advance(days=2, minutes=1)
+    assert access.user_of(st, login2) is None
+    # revocation ends sign-ins and unused links at once; a removed reader loses access too
+    unused = access.invite(st, "R1", by="coordinator")
+    with pytest.raises(InputError, match="reason"):
+        access.revoke(st, "R1", by="coordinator", reason="")
+    assert access.revoke(st, "R1", by="coordinator", reason="lost laptop") == {"links": 1, "logins": 1}
+    assert access.user_of(st, login) is None
+    with pytest.raises(access.AccessRefused, match="revoked"):
+        access.sign_in(st, unused)
+    login3, _ = access.sign_in(st, access.invite(st, "R2", by="coordinator"))
+    st.remove_reader("R2", "left")
+    assert access.user_of(st, login3) is None
+    # only hashes are stored; every step is in the verified audit chain
+    dump = json.dumps(st.db.all("SELECT * FROM invites") + st.db.all("SELECT * FROM logins"))
+    assert token not in dump and login not in dump and unused not in dump
+    actions = Counter(a["action"] for a in st.audit_log())
+    assert actions["invite"] == 5 and actions["sign_in"] == 3 and actions["revoke_access"] == 1
+    assert st.verify()["ok"]
+    st.close()
+
+
+def test_postgres_reading_server_role_cannot_rewrite_history(pg_url, tmp_path):
+    """The reading server's database account reads, rates and submits, and can do nothing else:
+    no deletes, no edits of submitted reads, no dropped triggers, no protocol or staff changes."""
+    import psycopg
+
+    from LLNAssistLib.readerstudy import access
+
+    clock = Clock()
+    st = _study(pg_url, clock, readers=("R1",), n=4, free_order=False)
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE ROLE lln_server LOGIN")
+    statements = access.grant_server_role(st, "lln_server", by="coordinator")
+    assert not any("DELETE" in s or "TRUNCATE" in s for s in statements)
+    with pytest.raises(RuleRefused, match="only a coordinator"):
+        access.grant_server_role(st, "lln_server", by="R1")
+    with pytest.raises(InputError, match="does not exist"):
+        access.grant_server_role(st, "nobody_here", by="coordinator")
+    token = access.invite(st, "R1", by="coordinator")
+    st.close()
+    server_url = pg_url.replace("postgresql://postgres@", "postgresql://lln_server@")
+    srv = Study.open(server_url, clock=clock)  # what the reading server does, as its own account
+    assert access.sign_in(srv, token)[1].user_id == "R1"
+    case = srv.next_case("R1", 1)["case_id"]
+    _read(srv, "R1", 1, case, score=4, call=True)
+    srv.record_rating(reader="R1", session=1, case=srv.next_case("R1", 1)["case_id"], rating=2, call=False,
+                      point=(1, 2, 3))
+    with pytest.raises(RuleRefused, match="only a coordinator"):
+        srv.set_protocol(actor="R1", free_order=True)
+    srv.close()
+    with psycopg.connect(server_url, autocommit=True) as c:
+        for sql in ("DELETE FROM ratings", "DELETE FROM audit", "TRUNCATE ratings",
+                    "UPDATE reads SET reader_id = 'R2'", "UPDATE audit SET actor = 'x'",
+                    "DROP TRIGGER ratings_frozen ON ratings", "ALTER TABLE ratings DISABLE TRIGGER ALL",
+                    "UPDATE meta SET value = '{}' WHERE key = 'protocol'",
+                    "INSERT INTO staff VALUES ('me', 'coordinator', '', 1, 'now')",
+                    "UPDATE invites SET revoked_at = NULL", "UPDATE readers SET active = 1"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(sql)
+        for sql in ("UPDATE ratings SET score = 1 WHERE score = 4", "UPDATE reads SET status = 'open'"):
+            with pytest.raises(psycopg.errors.RaiseException, match="immutable"):  # the triggers, not a grant
+                c.execute(sql)
+    st = Study.open(pg_url)
+    assert st.verify()["ok"] and [r["rating"] for r in st.final_ratings()] == [4]
+    st.close()
+    sqlite_study = Study.create(tmp_path / "s.sqlite", "x")
+    with pytest.raises(InputError, match="PostgreSQL feature"):
+        access.grant_server_role(sqlite_study, "lln_server", by="coordinator")
+    sqlite_study.close()
+
+
+def test_a_study_from_an_earlier_version_gains_roles_and_sign_in_tables(tmp_path):
+    import sqlite3
+
+    from LLNAssistLib.readerstudy import access
+
+    path = tmp_path / "old.sqlite"
+    _study(str(path), Clock(), readers=("R1",), n=4).close()
+    with sqlite3.connect(path) as c:  # what a study made before roles and sign-ins looked like
+        c.executescript("DROP TABLE staff; DROP TABLE invites; DROP TABLE logins;")
+    st = Study.open(str(path))
+    assert st.role_of("coordinator") == "coordinator"
+    login, user = access.sign_in(st, access.invite(st, "R1", by="coordinator"))
+    assert access.user_of(st, login) == user
+    res = st.verify()
+    assert res["ok"], res["problems"]
+    st.close()

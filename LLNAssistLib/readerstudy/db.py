@@ -18,7 +18,7 @@ from typing import Iterator
 from ..errors import InputError
 
 SCHEMA_VERSION = 1
-TABLES = ("meta", "cases", "readers", "assignments", "reads", "ratings", "audit", "staff")
+TABLES = ("meta", "cases", "readers", "assignments", "reads", "ratings", "audit", "staff", "invites", "logins")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,8 +41,15 @@ CREATE TABLE IF NOT EXISTS ratings (
   recorded_at TEXT NOT NULL, PRIMARY KEY (read_id, node_key));
 CREATE TABLE IF NOT EXISTS staff (
   user_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT, active INTEGER NOT NULL, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS invites (
+  token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL, login_days REAL NOT NULL, used_at TEXT, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS logins (
+  token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, invite_hash TEXT NOT NULL, created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL, revoked_at TEXT);
 """
-_STAFF_TABLE = _DDL[_DDL.index("CREATE TABLE IF NOT EXISTS staff"):]
+_STAFF_TABLE = _DDL[_DDL.index("CREATE TABLE IF NOT EXISTS staff"):_DDL.index("CREATE TABLE IF NOT EXISTS invites")]
+_ACCESS_TABLES = _DDL[_DDL.index("CREATE TABLE IF NOT EXISTS invites"):]
 
 _SQLITE_EXTRA = """
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
@@ -262,26 +269,44 @@ def present_triggers(db: Database) -> set:
     return {r[0] for r in db.all("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
 
 
-def upgrade(db: Database) -> bool:
-    """Brings a study made by an earlier version up to date: the audit hash column (earlier entries
-    stay unchained) and the staff table of roles, with its no-delete trigger. Existing triggers are
-    never recreated, so `verify` still sees one that was dropped. Returns whether staff was added."""
+def _has_table(db: Database, name: str) -> bool:
     if db.kind == "postgresql":
-        db.run("ALTER TABLE audit ADD COLUMN IF NOT EXISTS hash TEXT")
-        has_staff = db.one("SELECT to_regclass('staff')")[0] is not None
-    else:
-        if "hash" not in {r[1] for r in db.all("PRAGMA table_info(audit)")}:
-            db.run("ALTER TABLE audit ADD COLUMN hash TEXT")
-        has_staff = bool(db.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staff'"))
-    if has_staff:
-        return False
-    db.run(_STAFF_TABLE)
+        return db.one("SELECT to_regclass(?)", (name,))[0] is not None
+    return bool(db.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+
+def _no_delete_trigger(db: Database, table: str) -> None:
     if db.kind == "postgresql":
-        db.run("CREATE TRIGGER no_delete_staff BEFORE DELETE ON staff FOR EACH ROW EXECUTE FUNCTION "
+        db.run(f"CREATE TRIGGER no_delete_{table} BEFORE DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION "
                "llnassist_no_delete()")
     else:
-        db.run("CREATE TRIGGER no_delete_staff BEFORE DELETE ON staff BEGIN SELECT RAISE(ABORT, "
+        db.run(f"CREATE TRIGGER no_delete_{table} BEFORE DELETE ON {table} BEGIN SELECT RAISE(ABORT, "
                "'LLNAssist studies never delete rows'); END")
+
+
+def upgrade(db: Database) -> bool:
+    """Brings a study made by an earlier version up to date: the audit hash column (earlier entries
+    stay unchained), the staff table of roles and the sign-in tables, each with its no-delete
+    trigger. Existing triggers are never recreated, so `verify` still sees one that was dropped.
+    Only looks when nothing is missing, so an account that may not alter tables (the reading
+    server's) can open an up-to-date study. Returns whether staff was added."""
+    if db.kind == "postgresql":
+        has_hash = db.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'audit' AND "
+                          "column_name = 'hash'") is not None
+    else:
+        has_hash = "hash" in {r[1] for r in db.all("PRAGMA table_info(audit)")}
+    if not has_hash:
+        db.run("ALTER TABLE audit ADD COLUMN hash TEXT")
+    if not _has_table(db, "invites"):
+        for statement in _ACCESS_TABLES.split(";"):  # sqlite3 runs one statement per call
+            if statement.strip():
+                db.run(statement)
+        for table in ("invites", "logins"):
+            _no_delete_trigger(db, table)
+    if _has_table(db, "staff"):
+        return False
+    db.run(_STAFF_TABLE)
+    _no_delete_trigger(db, "staff")
     return True
 
 

@@ -114,6 +114,8 @@ def default_protocol(name: str, design: str = "crossover", washout_days: float |
         "design": design,
         "washout_days": float(washout_days),
         "seed": int(seed),
+        # The randomised reading order is the protocol: readers read in it unless this is true.
+        "free_order": False,
         "unaided_only_fraction": float(unaided_only_fraction) if design == "sequential" else 0.0,
         "sessions": [{"number": 1, "label": "session 1"}, {"number": 2, "label": "session 2"}],
         "modalities": {m: {"shows": SESSION_SHOWS[m]} for m in MODALITIES},
@@ -232,12 +234,15 @@ class Study:
                 raise RuleRefused("the protocol is frozen since the first read started; start a new study to "
                                   "change it")
             proto = json.loads(self._meta("protocol"))
+            proto.setdefault("free_order", False)  # studies made before the field existed
             unknown = [k for k in changes if k not in proto]
             if unknown:
                 raise InputError(f"unknown protocol field(s) {', '.join(unknown)}")
             if "washout_days" in changes:
                 _check_washout(changes["washout_days"])
                 changes = {**changes, "washout_days": float(changes["washout_days"])}
+            if "free_order" in changes and not isinstance(changes["free_order"], bool):
+                raise InputError(f"free_order must be true or false, not {changes['free_order']!r}")
             proto.update(changes)
             self.db.run("UPDATE meta SET value = ? WHERE key = 'protocol'", (_canonical(proto),))
             self._audit(actor, "set_protocol", changes=changes)
@@ -531,6 +536,17 @@ class Study:
             self._require_coordinator(override.by, "override the washout")
             self._audit(override.by, "override_washout", reader=reader, case=case, session=session,
                         reason=override.reason, rule=why)
+        if not self.protocol.get("free_order", False):
+            position, _ = self._assignment(reader, session, case)
+            earlier = self.db.one(
+                "SELECT a.case_id FROM assignments a WHERE a.reader_id = ? AND a.session = ? AND a.position < ? "
+                "AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.reader_id = a.reader_id AND r.case_id = a.case_id "
+                "AND r.session = a.session AND r.status IN ('submitted', 'superseded')) ORDER BY a.position LIMIT 1",
+                (reader, session, position))
+            if earlier:
+                raise RuleRefused(f"reading order: reader {reader} reads case {earlier[0]} before case {case} in "
+                                  f"session {session}; the protocol's randomised order is enforced (a coordinator "
+                                  "may allow free order before reading starts)")
         if self.protocol["design"] == "sequential" and session == 1:
             pending = self.db.all(
                 "SELECT a.case_id FROM assignments a JOIN reads r ON r.reader_id = a.reader_id AND r.case_id = "
