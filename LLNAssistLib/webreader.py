@@ -40,6 +40,11 @@ class ReaderApp:
         self._point_node = None
         self._point = None
         self._lock = threading.Lock()
+        # What the server decides on. The page may write any state variable (trame syncs them both
+        # ways), so these are kept here, never read back from the state.
+        self._read_seq = 0
+        self._image_ready = False
+        self._ai_ids: list = []
         state = self.server.state
         state.update({"progress": "", "case_id": "", "modality": "", "ai_text": "", "ai_nodes": [], "score": None,
                       "call": None, "comment": "", "message": "", "done": False, "reader": reader,
@@ -75,7 +80,9 @@ class ReaderApp:
 
         s, state = self.session, self.server.state
         self._clear_case()
-        state.read_seq += 1
+        self._read_seq += 1
+        self._image_ready, self._ai_ids = False, []
+        state.read_seq = self._read_seq
         state.score, state.call, state.comment, state.point_text, state.ai_choice = None, None, "", "", None
         state.dirty("score", "call", "comment", "ai_choice")  # pushed even if the server's copy was unchanged
         state.saved_nodes, state.image_ready = [], False
@@ -110,10 +117,11 @@ class ReaderApp:
             state.ai_nodes = [{k: str(n.get(k, "")) for k in ("node_id", "side", "region", "dl_status",
                                                                "short_axis_mm", "radiomics_probability")}
                               for n in ai.get("nodes", [])]
-            state.ai_node_ids = [n["node_id"] for n in state.ai_nodes]
+            self._ai_ids = [n["node_id"] for n in state.ai_nodes]
+            state.ai_node_ids = list(self._ai_ids)
         self.slicer_app.display_manager.show_volume_in_slice_background(volume)
         self.slicer_app.display_manager.reset_views()
-        state.image_ready = True
+        self._image_ready = state.image_ready = True
         state.message = ""
 
     def _saved_nodes(self) -> list:
@@ -129,7 +137,7 @@ class ReaderApp:
         """Next click in the slice view places a point on the node (as in the Slicer module)."""
         import slicer
 
-        if not self.server.state.image_ready:
+        if not self._image_ready:
             return
         if self._point_node is None:
             self._point_node = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Reader point")
@@ -148,14 +156,13 @@ class ReaderApp:
 
     def _check(self, score, read_seq, ai_choice) -> str:
         """What the server requires before anything is recorded, whatever the page sent."""
-        state = self.server.state
-        if read_seq != state.read_seq:
+        if read_seq != self._read_seq:
             raise InputError("this answer was for an earlier case; answer the case shown")
-        if state.done or not state.image_ready:
+        if self.session.done or self.session.waiting or not self._image_ready:
             raise InputError("no case image is shown; nothing can be recorded")
-        if score not in (1, 2, 3, 4, 5):
+        if isinstance(score, bool) or score not in (1, 2, 3, 4, 5):
             raise InputError("choose a score from 1 to 5")
-        if ai_choice and (state.modality != "aided" or str(ai_choice) not in state.ai_node_ids):
+        if ai_choice and str(ai_choice) not in self._ai_ids:  # empty on unaided reads
             raise InputError("that AI node is not part of this case")
         return str(ai_choice) if ai_choice else None
 

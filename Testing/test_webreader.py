@@ -398,14 +398,18 @@ def test_a_reader_cannot_act_as_another_and_revocation_ends_access(study, server
             assert st["reader"] == "R2"
             seq, case = st["read_seq"], st["case_id"]
             # claiming another reader in the page state or the call changes nothing
-            await c.set_state(reader="R1")
+            await c.set_state(reader="R1", read_seq=seq + 5)
             with pytest.raises(Refused):
                 await c.trigger("llnassist_submit", 5, "yes", "", seq, None, reader="R1")
             await c.trigger("llnassist_submit", 5, "yes", "as R2", seq, None)
             await c.wait_for(lambda s: s.get("read_seq") != seq)
-            # a stale answer (for the case before) is refused, not recorded on the current case
+            # a stale answer (for the case before) is refused, not recorded on the current case;
+            # so is an AI node this unaided-or-numbers-only case does not have
             await c.trigger("llnassist_submit", 1, "no", "stale", seq, None)
             await c.wait_for(lambda s: "earlier case" in (s.get("message") or ""))
+            await c.set_state(ai_node_ids=["99"])
+            await c.trigger("llnassist_submit", 1, "no", "stale", c.state["read_seq"], "99")
+            await c.wait_for(lambda s: "not part of this case" in (s.get("message") or ""))
             return case
         finally:
             await c.close()
@@ -491,8 +495,11 @@ def test_missing_image_cannot_be_submitted(tmp_path, browser):
         async def forced():  # a page that enables the button anyway gets nothing recorded
             c = await WslinkClient.connect(srv.ws, cookie=cookie, origin=srv.url)
             st = await c.get_state()
+            # the page state is the client's to write; the server does not take it as fact
+            await c.set_state(image_ready=True, done=False, modality="aided", ai_node_ids=["1"])
             await c.trigger("llnassist_submit", 4, "yes", "", st["read_seq"], None)
             await c.wait_for(lambda s: "no case image" in (s.get("message") or ""))
+            await c.trigger("llnassist_add_node", 4, "", st["read_seq"], "1")
             await c.close()
 
         _run(forced())
