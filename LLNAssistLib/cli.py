@@ -45,6 +45,25 @@ def cmd_phantom(a) -> int:
 
 
 def cmd_train(a) -> int:
+    if a.framework == "nnunet":
+        from .nnunet.train import train as train_nnunet
+
+        if not a.dataset:
+            raise InputError("--framework nnunet needs --dataset DIR (a DatasetNNN_NAME folder from `llnassist "
+                             "dataset export`)")
+        device = a.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        folder = train_nnunet(a.dataset, a.out, configuration=a.configuration, folds=a.folds, device=device,
+                              epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, plan=a.plan,
+                              processes=a.processes, data_description=a.data_description or "",
+                              synthetic=a.synthetic)
+        print(f"trained model: {folder} (use it with --model {folder})")
+        return 0
+    if a.dataset:
+        raise InputError("--dataset is for --framework nnunet; the LLNAssist phantom model trains on phantoms")
     from .model.train import TrainConfig, export_weights, train
 
     cfg = TrainConfig(out=a.out, n_cases=a.cases, first_seed=a.first_seed, seed=a.seed,
@@ -192,8 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="JSON path (default: stdout)")
     s.set_defaults(func=cmd_radiomics)
 
-    s = sub.add_parser("train", help="train the segmentation model on phantoms (seeded, resumable)")
-    s.add_argument("--out", required=True, help="checkpoint folder (resumed if it holds a checkpoint)")
+    s = sub.add_parser("train", help="train the phantom model, or with --framework nnunet a site model on an "
+                       "exported dataset (seeded, resumable)")
+    s.add_argument("--out", required=True, help="checkpoint folder (resumed if it holds a checkpoint); with "
+                   "--framework nnunet the folder for nnU-Net's preprocessed data and results")
+    s.add_argument("--framework", choices=["llnassist", "nnunet"], default="llnassist")
+    s.add_argument("--dataset", help="nnunet: the DatasetNNN_NAME folder written by `llnassist dataset export`")
+    s.add_argument("--configuration", default="3d_fullres", choices=["3d_fullres", "2d"], help="nnunet")
+    s.add_argument("--folds", default="0-4", help="nnunet: folds to train, e.g. 0-4 or 0")
+    s.add_argument("--epochs", type=int, default=1000, help="nnunet (nnU-Net's default 1000)")
+    s.add_argument("--iterations-per-epoch", type=int, default=250, help="nnunet (nnU-Net's default 250)")
+    s.add_argument("--plan", choices=["default", "tiny"], default="default",
+                   help="nnunet: tiny = 16x64x64 patches, 8-64 features (tests and smoke runs only)")
+    s.add_argument("--processes", type=int, default=2, help="nnunet: worker processes for preprocessing and "
+                   "data augmentation")
+    s.add_argument("--data-description", help="nnunet: what the cases are, for the model's manifest")
+    s.add_argument("--synthetic", action="store_true", help="nnunet: the cases are synthetic phantoms")
     s.add_argument("--cases", type=int, default=120)
     s.add_argument("--first-seed", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
@@ -211,10 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     from .cli_cohort import add_parsers as add_cohort_parsers
+    from .cli_models import add_parsers as add_model_parsers
     from .cli_study import add_parsers as add_study_parsers
 
     add_study_parsers(sub, _Parser)
     add_cohort_parsers(sub, _Parser)
+    add_model_parsers(sub, _Parser)
 
     s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")
     s.add_argument("--model", default=None)

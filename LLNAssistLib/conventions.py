@@ -93,6 +93,9 @@ TAG_STATUS = "LLNAssist.Status"  # "positive" / "negative"
 TAG_STATUS_CODE = "LLNAssist.StatusCode"
 TAG_NODE_ID = "LLNAssist.NodeId"
 TAG_STATUS_SOURCE = "LLNAssist.StatusSource"  # "model", "criteria" or "reader" (a reader's override)
+# Who reviewed (and corrected) the case for a site model's training data; set on every segment.
+TAG_REVIEWED_BY = "LLNAssist.ReviewedBy"
+TAG_REVIEWED_AT = "LLNAssist.ReviewedAt"
 TAG_MASK_HASH = "LLNAssist.MaskHash"  # of the mask as LLNAssist last wrote it: detects user edits
 # Set on every segment of a result forced past the domain gate (--force): why it is out of domain.
 TAG_OUT_OF_DOMAIN = "LLNAssist.OutsideValidatedDomain"

@@ -174,8 +174,10 @@ def compartment_volumes(lab_canon: np.ndarray, left: np.ndarray, voxel_ml: float
     return out
 
 
-def check_output(volumes: dict, nodes: list, stats: dict, synthetic_model: bool) -> GateResult:
-    """The checks after the model: anatomy present and plausible, few plausible nodes, confident."""
+def check_output(volumes: dict, nodes: list, stats: dict, synthetic_model: bool,
+                 max_entropy: Optional[float] = MAX_FOREGROUND_ENTROPY) -> GateResult:
+    """The checks after the model: anatomy present and plausible, few plausible nodes, confident.
+    The confidence limit is calibrated per model (None: not calibrated, not checked)."""
     g = GateResult("output")
     m = g.measures
     m["compartments_ml"] = {f"{C.REGION_CODE[r]} {s}": round(v, 2) for (r, s), v in volumes.items()}
@@ -196,8 +198,8 @@ def check_output(volumes: dict, nodes: list, stats: dict, synthetic_model: bool)
                          "lymph node)")
     ent = stats.get("foreground_entropy")
     m["foreground_entropy"] = None if ent is None or math.isnan(ent) else round(float(ent), 4)
-    if ent is not None and not math.isnan(ent) and ent > MAX_FOREGROUND_ENTROPY:
-        g.reasons.append(f"the model is unsure (mean entropy {ent:.2f} > {MAX_FOREGROUND_ENTROPY})")
+    if max_entropy is not None and ent is not None and not math.isnan(ent) and ent > max_entropy:
+        g.reasons.append(f"the model is unsure (mean entropy {ent:.2f} > {max_entropy})")
     if g.reasons:
         g.hint = (REAL_SCAN_HINT + ", or " + FORCE_HINT) if synthetic_model else \
             "check that this is an axial T2WI of the pelvis, or " + FORCE_HINT

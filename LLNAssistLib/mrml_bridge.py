@@ -412,12 +412,13 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     scene.RemoveNode(storage)  # the scene's own storage is set when it is saved
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     seg.CreateDefaultDisplayNodes()
-    seg.SetAttribute(ATTR_MODEL_NOTICE, C.SYNTHETIC_MODEL_NOTICE)
     summary_path = d / "summary.json"
-    if summary_path.is_file():
-        notice = json.loads(summary_path.read_text(encoding="utf-8")).get("domain", {}).get("notice")
-        if notice:
-            seg.SetAttribute(ATTR_OUT_OF_DOMAIN, notice)
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    # the model's own notice (a site model's differs); an older result without one gets the bundled model's
+    seg.SetAttribute(ATTR_MODEL_NOTICE, summary.get("notice", C.SYNTHETIC_MODEL_NOTICE))
+    notice = summary.get("domain", {}).get("notice")
+    if notice:
+        seg.SetAttribute(ATTR_OUT_OF_DOMAIN, notice)
     nodes = json.loads((d / "nodes.json").read_text(encoding="utf-8"))
     # summary.json is written last (it marks a complete result); the report renders before it.
     status = "positive" if any(n["dl_status"] == "positive" for n in nodes) else "negative"
@@ -619,6 +620,71 @@ def save_mrb(scene, path: str | os.PathLike) -> Path:
         if not ok:
             raise InputError(f"could not write {path}; check the folder is writable")
     return path
+
+
+def mark_reviewed(seg_node, reader: str, when: Optional[str] = None) -> None:
+    """Marks the case as reviewed (and corrected) by `reader`. Every segment carries the mark, so a
+    saved `.seg.nrrd` or `.mrb` tells `llnassist dataset export` who reviewed it."""
+    import datetime as _dt
+
+    reader = " ".join(str(reader or "").split())
+    if not reader:
+        raise InputError("say who reviewed the case (reader id)")
+    when = when or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    sg = seg_node.GetSegmentation()
+    for i in range(sg.GetNumberOfSegments()):
+        seg = sg.GetNthSegment(i)
+        seg.SetTag(C.TAG_REVIEWED_BY, reader)
+        seg.SetTag(C.TAG_REVIEWED_AT, when)
+    seg_node.SetAttribute(C.TAG_REVIEWED_BY, reader)
+
+
+def reviewed_by(seg_node) -> Optional[str]:
+    """The reviewer if every segment carries the same mark (a segment added after review has none)."""
+    sg = seg_node.GetSegmentation()
+    marks = {_tag(sg.GetNthSegment(i), C.TAG_REVIEWED_BY) for i in range(sg.GetNumberOfSegments())}
+    return marks.pop() if len(marks) == 1 and "" not in marks else None
+
+
+def labels_from_segmentation(seg_node, volume_node) -> np.ndarray:
+    """The segmentation as a (k, j, i) label map with the conventions' values on the volume's grid:
+    regions first, nodes on top. A segment that is not an LLNAssist label is refused."""
+    from .dataset import _segment_label
+
+    sg = seg_node.GetSegmentation()
+    specs = []
+    for i in range(sg.GetNumberOfSegments()):
+        sid, seg = sg.GetNthSegmentID(i), sg.GetNthSegment(i)
+        info = {"id": sid, "name": seg.GetName(),
+                "tags": {C.TAG_KIND: _tag(seg, C.TAG_KIND), C.TAG_STATUS: _tag(seg, C.TAG_STATUS) or None}}
+        value, _ = _segment_label(info)
+        if value is None:
+            raise InputError(f"segment {seg.GetName()!r} is not an LLNAssist label; run Recompute (it names new "
+                             "nodes) or delete it")
+        specs.append((value in C.NODE_LABELS, value, sid))
+    dims = volume_node.GetImageData().GetDimensions()
+    out = np.zeros(dims[::-1], np.uint8)
+    for _, value, sid in sorted(specs):
+        out[segment_mask(seg_node, sid, volume_node)] = value
+    return out
+
+
+def save_reviewed_case(scene, volume_node, seg_node, folder: str | os.PathLike, reader: str) -> dict:
+    """A reviewed case for a site model: marks it reviewed by `reader`, then writes `case.mrb` (the
+    scene, for later correction) and `labels.nii.gz` (the label map on the image's grid)."""
+    from .atomic import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = labels_from_segmentation(seg_node, volume_node)  # refuses unnamed segments before marking
+    mark_reviewed(seg_node, reader)
+    ref = volume_to_sitk(volume_node)
+    img = sitk.GetImageFromArray(labels)
+    img.CopyInformation(ref)
+    with atomic_path(folder / "labels.nii.gz") as tmp:
+        sitk.WriteImage(img, str(tmp), True)
+    mrb = save_mrb(scene, folder / "case.mrb")
+    return {"mrb": str(mrb), "labels": str(folder / "labels.nii.gz"), "reviewed_by": reviewed_by(seg_node)}
 
 
 def load_mrb(path: str | os.PathLike, cache_dir: Optional[str] = None):

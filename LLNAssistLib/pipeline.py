@@ -146,9 +146,15 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     labels_canon = to_axial_canonical(labels)
     lab_arr = sitk.GetArrayFromImage(labels_canon)
     left = _region_side_volume(lab_arr, image_canon, body)
-    synthetic = bool(model.manifest.get("training_data", {}).get("synthetic", False))
+    training = model.manifest.get("training_data") or {}
+    synthetic = bool(training.get("synthetic", False))
+    kind = getattr(model, "kind", "llnassist")
+    # the bundled model's confidence limit was calibrated on it; a site model brings its own or none
+    max_entropy = (model.manifest.get("domain") or {}).get(
+        "max_foreground_entropy", domain.MAX_FOREGROUND_ENTROPY if kind == "llnassist" else None)
     voxel_ml = float(np.prod(image_canon.GetSpacing())) / 1000.0
-    gate_out = domain.check_output(domain.compartment_volumes(lab_arr, left, voxel_ml), nodes, seg_stats, synthetic)
+    gate_out = domain.check_output(domain.compartment_volumes(lab_arr, left, voxel_ml), nodes, seg_stats, synthetic,
+                                   max_entropy=max_entropy)
     if not gate_out.ok and not opts.force:
         domain.refuse(gate_out)
     timings["measurement"] = time.perf_counter() - t
@@ -173,15 +179,16 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
         "source": inp.source,
         "domain": {"validated": not reasons, "forced": bool(opts.force and reasons), "reasons": reasons,
                    "input": gate_in.measures, "output": gate_out.measures},
-        "model": {"id": model.manifest["id"], "version": model.manifest["version"],
-                  "sha256": model.manifest["sha256"], "synthetic_training_data": synthetic},
+        "model": {"id": model.manifest["id"], "version": model.manifest["version"], "kind": kind,
+                  "sha256": model.manifest["sha256"], "synthetic_training_data": synthetic,
+                  "training_data": training.get("description"), "verified": model.manifest.get("verified", True)},
         "device": model.device.type,
         "radiomics_engine": engine,
         "radiomics_score": f"site refit ({Path(opts.score_file).name})" if opts.score_file else
         "Yoo et al., Sci Rep 2025",
         "image": {"size": list(image.GetSize()), "spacing_mm": [round(s, 4) for s in image.GetSpacing()]},
         "versions": versions(),
-        "notice": C.SYNTHETIC_MODEL_NOTICE if synthetic else "",
+        "notice": C.SYNTHETIC_MODEL_NOTICE if synthetic else model.manifest.get("notice", ""),
     }
     if reasons:
         summary["domain"]["notice"] = C.OUT_OF_DOMAIN_NOTICE + ": " + "; ".join(reasons)

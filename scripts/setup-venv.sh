@@ -14,5 +14,6 @@ pip=".venv/bin/python -m pip"
 $pip install -q --disable-pip-version-check numpy setuptools wheel versioneer
 $pip install -q --disable-pip-version-check torch==2.13.0
 $pip install -q --disable-pip-version-check --no-build-isolation pyradiomics  # 3.1.0 sdist; reports 3.0.1 (metadata slip)
-$pip install -q --disable-pip-version-check -e '.[test]'
+# torch pinned in the same command: nnunetv2 (a test extra) would otherwise let pip replace it
+$pip install -q --disable-pip-version-check -e '.[test]' torch==2.13.0
 touch "$stamp"

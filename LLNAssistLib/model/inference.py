@@ -31,11 +31,20 @@ class LoadedModel:
 _LOADED: dict = {}  # (model, device) -> LoadedModel: a batch worker loads its model once
 
 
-def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = False) -> LoadedModel:
+def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = False):
     """Resolves the model, checks its sha256, then loads the state dict with weights_only=True.
-    With `reuse`, a model this process already loaded (and checked) is returned again."""
+    With `reuse`, a model this process already loaded (and checked) is returned again. An nnU-Net
+    trained-model folder gives an nnunet.model.NnunetModel (run by `segment` the same way)."""
     if reuse and (model, device) in _LOADED:
         return _LOADED[(model, device)]
+    if model and Path(model).is_dir() and not (Path(model) / M.MANIFEST).is_file():
+        from ..nnunet import model as nnunet_model
+
+        if nnunet_model.is_nnunet_folder(Path(model)):
+            loaded = nnunet_model.load(Path(model), device)
+            if reuse:
+                _LOADED[(model, device)] = loaded
+            return loaded
     dev = resolve_device(device)
     model_dir = M.resolve_model_dir(model)
     man = M.read_manifest(model_dir)
@@ -61,6 +70,10 @@ def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] 
     """Label map (DESIGN.md values) on exactly the input image's grid. `stats` receives the
     model's confidence: the mean softmax entropy (0 certain .. 1 uniform) of the voxels it called
     foreground, for the domain gate."""
+    if getattr(model, "kind", "") == "nnunet":
+        from ..nnunet.model import segment as segment_nnunet
+
+        return segment_nnunet(image, model, progress=progress, timings=timings, stats=stats)
     timings = {} if timings is None else timings
     stats = {} if stats is None else stats
     t0 = time.perf_counter()

@@ -1,0 +1,290 @@
+"""A trained nnU-Net v2 model folder run like the bundled model (`--model PATH`).
+
+The folder is what nnU-Net writes (dataset.json, plans.json, fold_*/checkpoint_final.pth); every
+present fold is ensembled, mirroring is off. It is validated before anything runs: files, the
+configuration's spacing, labels mapped by name to the conventions' values (or through
+`llnassist_labels.json` beside it), and the checkpoints' sha256 against the LLNAssist manifest
+(`llnassist.json`) when there is one. Checkpoints load with `weights_only=True` and a numpy
+allow-list (model/checkpoint.py), never by unrestricted unpickling.
+
+The run gives nnU-Net's own labels, faster: nnU-Net's normalisation on the whole image (the same
+statistics), then only the body's bounding box is resampled, predicted (nnU-Net's sliding window
+and fold ensemble, half-precision logits) and resampled back; everything outside it is background.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import conventions as C
+from ..errors import InputError
+
+LABEL_MAP_FILE = "llnassist_labels.json"
+MANIFEST = "llnassist.json"
+BODY_MARGIN_MM = 10.0
+CROP_TO_BODY = True  # off: predict the whole image (what nnU-Net's predictor does), for comparisons
+
+
+def is_nnunet_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
+
+
+def _folds(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("fold_*/checkpoint_final.pth") if p.parent.name.split("_")[1].isdigit())
+
+
+def label_mapping(folder: Path, dataset_json: dict) -> dict:
+    """nnU-Net label value -> conventions value, by the conventions' names or the mapping file."""
+    labels = dataset_json.get("labels", {})
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{folder / 'dataset.json'} has no labels")
+    names = dict(labels)
+    mapping_file = folder / LABEL_MAP_FILE
+    rename = {}
+    if mapping_file.is_file():
+        try:
+            rename = json.loads(mapping_file.read_text(encoding="utf-8"))
+        except ValueError:
+            raise InputError(f"{mapping_file} is not valid JSON (model label name -> LLNAssist label name)") from None
+    by_name = {v: k for k, v in C.LABEL_NAMES.items()}
+    out = {}
+    for name, value in names.items():
+        if isinstance(value, (list, tuple)):
+            raise InputError(f"model {folder.name} is region-based (label {name!r} = {value}); LLNAssist runs "
+                             "label-based nnU-Net models")
+        target = rename.get(name, name)
+        if target in by_name:
+            out[int(value)] = by_name[target]
+    missing = [n for v, n in C.LABEL_NAMES.items() if v not in out.values()]
+    if missing:
+        raise InputError(f"model {folder.name} has no label for {', '.join(map(repr, missing))}; its labels are "
+                         f"{', '.join(map(repr, names))} - add {LABEL_MAP_FILE} beside it mapping its names to "
+                         "LLNAssist's")
+    return out
+
+
+def validate(folder: Path) -> dict:
+    """Checks the folder before anything runs; returns its LLNAssist manifest (or one made up
+    from the folder, marked unverified, for an nnU-Net model trained elsewhere)."""
+    from ..model.manifest import sha256_file
+
+    if not is_nnunet_folder(folder):
+        raise InputError(f"{folder} is not an nnU-Net trained-model folder (dataset.json, plans.json, "
+                         "fold_*/checkpoint_final.pth)")
+    folds = _folds(folder)
+    if not folds:
+        raise InputError(f"{folder} has no fold_*/checkpoint_final.pth; the training did not finish")
+    try:
+        dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    except ValueError:
+        raise InputError(f"{folder}: dataset.json or plans.json is not valid JSON") from None
+    if len(dataset_json.get("channel_names", {})) != 1:
+        raise InputError(f"model {folder.name} expects {len(dataset_json.get('channel_names', {}))} input channels; "
+                         "LLNAssist gives one (the axial T2)")
+    label_mapping(folder, dataset_json)
+    man_path = folder / MANIFEST
+    man = json.loads(man_path.read_text(encoding="utf-8")) if man_path.is_file() else None
+    sums = {str(p.relative_to(folder)): sha256_file(p) for p in folds}
+    if man is not None:
+        for rel, want in man.get("checkpoints", {}).items():
+            got = sums.get(rel)
+            if got is None:
+                raise InputError(f"{folder / rel} is listed in {MANIFEST} but missing; reinstall the model")
+            if got != want:
+                raise InputError(f"{folder / rel} fails its checksum (sha256 {got[:12]}... != {MANIFEST} "
+                                 f"{want[:12]}...); the file is corrupt or was replaced - reinstall the model")
+        extra = sorted(set(sums) - set(man.get("checkpoints", {})))
+        if extra:
+            raise InputError(f"{folder} holds checkpoint(s) {', '.join(extra)} not listed in {MANIFEST}; remove them "
+                             "or register the model again")
+    configuration = (man or {}).get("configuration")
+    if configuration is None:
+        ck = _checkpoint(folds[0])
+        configuration = ck.get("init_args", {}).get("configuration")
+    cfg = plans.get("configurations", {}).get(configuration or "")
+    if not cfg or len(cfg.get("spacing", [])) not in (2, 3):
+        raise InputError(f"model {folder.name}: plans.json has no configuration {configuration!r} with a spacing")
+    if man is None:
+        man = {"id": f"nnunet-{folder.parent.name.lower()}-{configuration}", "version": "unregistered",
+               "kind": "nnunet", "configuration": configuration, "checkpoints": sums, "verified": False,
+               "training_data": {"description": "unknown (an nnU-Net model without an LLNAssist manifest)",
+                                 "synthetic": None},
+               "notice": "An nnU-Net model LLNAssist knows nothing about: its training data and accuracy are "
+                         "unknown."}
+    man.setdefault("input", {"spacing_mm": cfg["spacing"][::-1]})
+    # one digest for the whole ensemble (summary.json's model sha256)
+    man["sha256"] = hashlib.sha256("".join(f"{k}:{sums[k]}" for k in sorted(sums)).encode()).hexdigest()
+    return man
+
+
+def _checkpoint(path: Path) -> dict:
+    from ..model.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or "network_weights" not in ck:
+        raise InputError(f"{path} is not an nnU-Net checkpoint (no network_weights)")
+    return ck
+
+
+@dataclass
+class NnunetModel:
+    folder: Path
+    manifest: dict
+    device: object
+    predictor: object
+    preprocessor: object
+    label_map: dict
+    kind: str = "nnunet"
+    timings: dict = field(default_factory=dict)
+
+
+def load(folder: Path, device: str = "auto") -> NnunetModel:
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        raise InputError("this is an nnU-Net model; running it needs nnunetv2 (`pip install nnunetv2==2.6.0 "
+                         "torch==<your torch version>` in one command)") from None
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from ..model.train import resolve_device
+
+    man = validate(folder)
+    dev = resolve_device(device)
+    dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    plans_manager = PlansManager(json.loads((folder / "plans.json").read_text(encoding="utf-8")))
+    cm = plans_manager.get_configuration(man["configuration"])
+    params = []
+    for p in _folds(folder):
+        ck = _checkpoint(p)
+        params.append(ck["network_weights"])
+    arch = cm.network_arch_class_name
+    if not arch.startswith("dynamic_network_architectures."):  # the class is imported by name from the plans
+        raise InputError(f"model {folder.name} names network class {arch}; only nnU-Net's own "
+                         "(dynamic_network_architectures) networks are loaded")
+    network = get_network_from_plans(arch, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                                     determine_num_input_channels(plans_manager, cm, dataset_json),
+                                     plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+                                     allow_init=False, deep_supervision=False)
+    try:
+        network.load_state_dict(params[0])
+    except RuntimeError:
+        raise InputError(f"model {folder.name}: its checkpoints do not fit the network its plans.json describes") \
+            from None
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=dev,
+                                perform_everything_on_device=dev.type == "cuda", verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, cm, params, dataset_json, "nnUNetTrainerNoMirroring",
+                                    None)  # mirroring off, whatever the checkpoint allowed
+    return NnunetModel(folder, man, dev, predictor, DefaultPreprocessor(verbose=False),
+                       label_mapping(folder, dataset_json))
+
+
+def _box(body: np.ndarray, spacing_zyx, margin_mm: float) -> tuple:
+    """Slices of the body's in-plane bounding box (+ margin) in the raw (z, y, x) array, every
+    slice kept; the whole array when no body is found."""
+    if not body.any():
+        return tuple(slice(0, s) for s in body.shape)
+    out = [slice(0, body.shape[0])]
+    for axis in (1, 2):
+        idx = np.flatnonzero(body.any(tuple(a for a in range(3) if a != axis)))
+        m = int(np.ceil(margin_mm / spacing_zyx[axis]))
+        out.append(slice(max(0, idx[0] - m), min(body.shape[axis], idx[-1] + 1 + m)))
+    return tuple(out)
+
+
+def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel, progress, timings: dict,
+                 stats: dict) -> np.ndarray:
+    """nnU-Net's labels (its own values) inside `box` of the raw (z, y, x) array; 0 elsewhere."""
+    import torch
+    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    pred, pm = model.predictor, model.predictor.plans_manager
+    cm, lm = pred.configuration_manager, pred.label_manager
+    t0 = time.perf_counter()
+    tf = pm.transpose_forward
+    data = arr[None].transpose([0, *[i + 1 for i in tf]])
+    sp_t = [spacing[i] for i in tf]
+    box_t = [box[i] for i in tf]
+    # nnU-Net's crop to the non-zero region and its normalisation, on the whole image
+    data, seg, bbox = crop_to_nonzero(data, None)
+    data = model.preprocessor._normalize(data, seg, cm, pm.foreground_intensity_properties_per_channel)
+    sub_sl = tuple(slice(max(b.start, lo) - lo, min(b.stop, hi) - lo) for b, (lo, hi) in zip(box_t, bbox))
+    sub = np.ascontiguousarray(data[(slice(None),) + sub_sl])
+    del data, seg
+    target = cm.spacing if len(cm.spacing) == 3 else [sp_t[0], *cm.spacing]
+    x = cm.resampling_fn_data(sub, compute_new_shape(sub.shape[1:], sp_t, target), sp_t, target)
+    timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if progress:
+        progress("inference", 0.05, f"{len(pred.list_of_parameters)} fold(s), {tuple(x.shape[1:])} voxels")
+    with torch.inference_mode():
+        logits = pred.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(x, np.float32)))
+    timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - t1
+    t2 = time.perf_counter()
+    logits = torch.as_tensor(cm.resampling_fn_probabilities(logits, sub.shape[1:], target, sp_t))
+    lab_sub = lm.convert_logits_to_segmentation(logits)
+    lab_sub = lab_sub.cpu().numpy() if isinstance(lab_sub, torch.Tensor) else np.asarray(lab_sub)
+    fg = torch.as_tensor(lab_sub > 0)
+    stats["foreground_voxels"] = int(fg.sum())
+    if stats["foreground_voxels"]:  # the model's confidence where it called foreground, for the domain gate
+        probs = torch.softmax(logits.float(), 0)
+        ent = -(probs * torch.log(probs.clamp_min(1e-8))).sum(0) / float(np.log(probs.shape[0]))
+        stats["foreground_entropy"] = float(ent[fg].mean())
+    else:
+        stats["foreground_entropy"] = float("nan")
+    full_t = np.zeros(tuple(arr.shape[i] for i in tf), np.uint8)
+    full_t[tuple(slice(lo + s.start, lo + s.stop) for (lo, _), s in zip(bbox, sub_sl))] = lab_sub
+    timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t2
+    return full_t.transpose(pm.transpose_backward)
+
+
+def _touches_box_edge(lab: np.ndarray, box: tuple) -> bool:
+    """Foreground on the in-plane faces of the box (where the box is inside the image): the model
+    sees something there, so the crop may have cut it."""
+    for axis in (1, 2):
+        s = box[axis]
+        for edge, inside in ((s.start, s.start > 0), (s.stop - 1, s.stop < lab.shape[axis])):
+            if inside and lab.take(edge, axis=axis)[tuple(box[a] for a in range(3) if a != axis)].any():
+                return True
+    return False
+
+
+def segment(image: sitk.Image, model: NnunetModel, progress: Optional[Callable] = None,
+            timings: Optional[dict] = None, stats: Optional[dict] = None) -> sitk.Image:
+    """Label map with the conventions' values on the image's grid (see the module docstring). The
+    body crop is kept only when the model calls nothing at the crop's edge; otherwise the whole
+    image is predicted, exactly as nnU-Net's predictor does."""
+    from ..body import body_mask
+
+    timings = {} if timings is None else timings
+    stats = {} if stats is None else stats
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)  # (z, y, x), as nnU-Net's SimpleITKIO reads it
+    spacing = list(image.GetSpacing())[::-1]
+    full = tuple(slice(0, n) for n in arr.shape)
+    box = _box(body_mask(arr), spacing, BODY_MARGIN_MM) if CROP_TO_BODY else full
+    lab = _predict_box(arr, spacing, box, model, progress, timings, stats)
+    stats["cropped_to_body"] = box != full
+    if box != full and _touches_box_edge(lab, box):
+        stats["cropped_to_body"] = False
+        stats["crop_fallback"] = True
+        lab = _predict_box(arr, spacing, full, model, progress, timings, stats)
+    lut = np.zeros(256, np.uint8)
+    for src, dst in model.label_map.items():
+        lut[src] = dst
+    out = sitk.GetImageFromArray(lut[lab])
+    out.CopyInformation(image)
+    return out

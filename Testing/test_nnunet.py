@@ -1,0 +1,157 @@
+"""Site models with nnU-Net v2, with the project's own commands: phantoms exported by `llnassist
+dataset export`, a tiny nnU-Net trained by `llnassist train --framework nnunet --plan tiny --epochs 2
+--iterations-per-epoch 5 --folds 0` (about 1.5 minutes on 2 CPU cores), then run through `llnassist
+analyze --model FOLDER`; its labels are compared with nnU-Net's own predictor on the same image.
+Also what must be refused: a tampered checkpoint (checksum), a checkpoint carrying an arbitrary
+pickled object (loader), a model without a needed label."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import run_cli
+
+from LLNAssistLib import conventions as C
+from LLNAssistLib import phantom
+
+
+@pytest.fixture(scope="module")
+def site_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nnunet")
+    rows = ["case_id,image,labels,reviewed_by"]
+    for k in range(6):
+        phantom.write(phantom.generate(910300 + k, size=160, slices=12, n_nodes=2), d / f"p{k}")
+        rows.append(f"P{k},p{k}/image.nii.gz,p{k}/labels.nii.gz,R1")
+    (d / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    run_cli("dataset", "export", d / "cases.csv", "--out", d / "raw", "--dataset-id", "601", "--quiet", check_rc=0)
+    p = run_cli("train", "--framework", "nnunet", "--dataset", d / "raw" / "Dataset601_LLN", "--out", d / "out",
+                "--plan", "tiny", "--epochs", "2", "--iterations-per-epoch", "5", "--folds", "0", "--device", "cpu",
+                "--synthetic", "--processes", "1", check_rc=0, timeout=1200)
+    folder = d / "out" / "results" / "Dataset601_LLN" / "LLNAssistTrainer__nnUNetPlans__3d_fullres"
+    assert f"trained model: {folder}" in p.stdout
+    phantom.write(phantom.generate(910310, size=160, slices=12, n_nodes=2), d / "unseen")
+    return folder, d
+
+
+def test_training_writes_a_manifest_nnunet_can_use(site_model):
+    from LLNAssistLib.model.checkpoint import load_checkpoint
+    from LLNAssistLib.model.manifest import sha256_file
+
+    folder, _ = site_model
+    man = json.loads((folder / "llnassist.json").read_text(encoding="utf-8"))
+    assert man["kind"] == "nnunet" and man["configuration"] == "3d_fullres" and man["folds"] == [0]
+    assert man["checkpoints"] == {"fold_0/checkpoint_final.pth": sha256_file(folder / "fold_0" /
+                                                                              "checkpoint_final.pth")}
+    assert man["training_data"]["synthetic"] is True and man["training_data"]["n_cases"] == 6
+    assert man["training"]["loss"] == {"dice": 0.7, "cross_entropy": 0.3}
+    assert set(man["evaluation"]["cross_validation_dice"]["0"]) == {C.LABEL_NAMES[v] for v in range(1, 6)}
+    ck = load_checkpoint(folder / "fold_0" / "checkpoint_final.pth")  # weights_only with the numpy allow-list
+    assert ck["trainer_name"] == "nnUNetTrainerNoMirroring" and ck["inference_allowed_mirroring_axes"] is None
+    assert ck["llnassist_trainer"] == {"class": "LLNAssistTrainer", "dice_weight": 0.7, "ce_weight": 0.3}
+    assert ck["current_epoch"] == 2
+    # the patient-level folds of the export are the ones nnU-Net trained with
+    exported = json.loads((folder.parents[2] / "preprocessed" / "Dataset601_LLN" / "splits_final.json")
+                          .read_text(encoding="utf-8"))
+    raw = json.loads((folder.parents[3] / "raw" / "Dataset601_LLN" / "splits_final.json").read_text(encoding="utf-8"))
+    assert exported == raw
+
+
+def _nnunet_reference(folder, image_path):
+    """nnU-Net's own predictor (mirroring off, as the model was trained), on the same image."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
+                           perform_everything_on_device=False, verbose=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=None)
+    img = sitk.ReadImage(str(image_path))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
+    return pred.predict_single_npy_array(arr, {"spacing": list(img.GetSpacing())[::-1]}, None, None, False)
+
+
+def test_analyze_with_the_site_model_gives_nnunets_own_labels(site_model, tmp_path):
+    folder, d = site_model
+    out = tmp_path / "out"
+    # a two-epoch model is not anatomy: --force, and every output then says so
+    run_cli("analyze", d / "unseen" / "image.nii.gz", "--model", folder, "--out", out, "--device", "cpu", "--force",
+            "--no-radiomics", "--no-report-images", check_rc=0)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["model"]["kind"] == "nnunet" and summary["model"]["id"] == "site-dataset601_lln-3d_fullres"
+    assert summary["model"]["synthetic_training_data"] is True and "Dataset601_LLN" in summary["model"]["training_data"]
+    with open(out / "nodes.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert rows and list(rows[0]) == list(C.NODES_CSV_COLUMNS)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    ref = _nnunet_reference(folder, d / "unseen" / "image.nii.gz")
+    # dataset.json names the labels as the conventions do, so the values are the same
+    assert ref.shape == ours.shape and (ref > 0).mean() > 0.05  # the reference calls plenty: not a vacuous match
+    agreement = float((ref == ours).mean())
+    assert agreement >= 0.995, agreement
+
+
+def _copy_model(folder, dest):
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("checkpoint_best.pth", "validation"))
+    return dest
+
+
+def test_a_tampered_checkpoint_is_refused_by_its_checksum(site_model, tmp_path):
+    folder, d = site_model
+    bad = _copy_model(folder, tmp_path / "model")
+    ck = bad / "fold_0" / "checkpoint_final.pth"
+    data = bytearray(ck.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    p = run_cli("analyze", d / "unseen" / "image.nii.gz", "--model", bad, "--out", tmp_path / "o", "--force",
+                check_rc=2)
+    assert "fails its checksum" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(site_model, tmp_path):
+    import torch
+
+    folder, d = site_model
+    bad = _copy_model(folder, tmp_path / "model")
+    (bad / "llnassist.json").unlink()  # an nnU-Net model from elsewhere: no checksum to stop it first
+    marker = tmp_path / "pwned"
+    ck = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)  # our own file (test only)
+    ck["logging"] = _Evil(marker)
+    torch.save(ck, bad / "fold_0" / "checkpoint_final.pth")
+    p = run_cli("analyze", d / "unseen" / "image.nii.gz", "--model", bad, "--out", tmp_path / "o", "--force",
+                check_rc=2)
+    assert "not model data" in p.stderr and "refused" in p.stderr and "Traceback" not in p.stderr
+    assert not marker.exists()
+
+
+def test_a_model_without_a_needed_label_is_refused_unless_mapped(site_model, tmp_path):
+    from LLNAssistLib.errors import InputError
+    from LLNAssistLib.nnunet.model import validate
+
+    folder, _ = site_model
+    other = _copy_model(folder, tmp_path / "model")
+    ds = json.loads((other / "dataset.json").read_text(encoding="utf-8"))
+    ds["labels"] = {("LN+" if k == "lymph node, positive" else k): v for k, v in ds["labels"].items()}
+    (other / "dataset.json").write_text(json.dumps(ds), encoding="utf-8")
+    with pytest.raises(InputError, match="no label for 'lymph node, positive'"):
+        validate(other)
+    (other / "llnassist_labels.json").write_text(json.dumps({"LN+": "lymph node, positive"}), encoding="utf-8")
+    assert validate(other)["kind"] == "nnunet"
+    # a checkpoint that is not listed in the manifest is refused too
+    shutil.copyfile(other / "fold_0" / "checkpoint_final.pth", (other / "fold_1").mkdir() or
+                    other / "fold_1" / "checkpoint_final.pth")
+    with pytest.raises(InputError, match="not listed"):
+        validate(other)
