@@ -1,0 +1,105 @@
+"""A site nnU-Net model run by nnU-Net's own predictor and by LLNAssist, side by side on the same
+phantom image: time, peak memory (each in its own process), and how many voxels get the same label.
+
+    .venv/bin/python benchmarks/bench_nnunet.py --model NNUNET_MODEL_FOLDER [--size 384 --slices 32]
+
+Both run mirroring off, step 0.5, Gaussian blending, on the CPU with --threads threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+_RUN = r'''
+import json, os, resource, sys, time
+import numpy as np, SimpleITK as sitk, torch
+which, model, image, out, threads = sys.argv[1:6]
+torch.set_num_threads(int(threads))
+img = sitk.ReadImage(image)
+t0 = time.perf_counter()
+if which == "nnunet":
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
+                        perform_everything_on_device=False, verbose=False, allow_tqdm=False)
+    p.initialize_from_trained_model_folder(model, use_folds=None)
+    t1 = time.perf_counter()
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
+    seg = p.predict_single_npy_array(arr, {"spacing": list(img.GetSpacing())[::-1]}, None, None, False)
+    stats = {}
+else:
+    from pathlib import Path
+    from LLNAssistLib.nnunet import model as NM
+    m = NM.load(Path(model), "cpu")
+    t1 = time.perf_counter()
+    stats = {}
+    seg = sitk.GetArrayFromImage(NM.segment(img, m, stats=stats))
+t2 = time.perf_counter()
+np.save(out, seg.astype(np.uint8))
+print(json.dumps({"load_s": t1 - t0, "predict_s": t2 - t1,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cropped": stats.get("cropped_to_body"), "fallback": stats.get("crop_fallback", False)}))
+'''
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--slices", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=930500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nnunet_cpu2.txt"))
+    a = ap.parse_args()
+    import numpy as np
+
+    from LLNAssistLib import phantom
+
+    work = Path(tempfile.mkdtemp(prefix="lln-bench-nnunet-"))
+    phantom.write(phantom.generate(a.seed, size=a.size, slices=a.slices, n_nodes=4), work / "case")
+    image = work / "case" / "image.nii.gz"
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), nnUNet_def_n_proc=str(a.threads),
+               nnUNet_raw=str(work), nnUNet_preprocessed=str(work), nnUNet_results=str(work))
+    res = {}
+    for which in ("nnunet", "llnassist"):
+        p = subprocess.run([sys.executable, "-c", _RUN, which, a.model, str(image), str(work / f"{which}.npy"),
+                            str(a.threads)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+        res[which] = json.loads(p.stdout.strip().splitlines()[-1])
+    ref, ours = np.load(work / "nnunet.npy"), np.load(work / "llnassist.npy")
+    man = json.loads((Path(a.model) / "llnassist.json").read_text(encoding="utf-8")) \
+        if (Path(a.model) / "llnassist.json").is_file() else {}
+    tr = man.get("training", {})
+    lines = [f"nnU-Net model {Path(a.model).name} ({tr.get('plan', '?')} plan, {tr.get('epochs', '?')} epochs x "
+             f"{tr.get('iterations_per_epoch', '?')} iterations, {len(man.get('folds', []))} fold(s)); phantom "
+             f"{a.size}x{a.size}x{a.slices}; CPU, "
+             f"{a.threads} threads; {time.strftime('%Y-%m-%d')}", "",
+             f"{'run':<28} {'load s':>7} {'predict s':>10} {'peak MB':>8}"]
+    for which, name in (("nnunet", "nnUNetPredictor (nnU-Net 2.6.0)"), ("llnassist", "LLNAssist nnunet.model")):
+        r = res[which]
+        lines.append(f"{name:<28} {r['load_s']:>7.2f} {r['predict_s']:>10.2f} {r['peak_mb']:>8.0f}")
+    ratio = res["nnunet"]["predict_s"] / res["llnassist"]["predict_s"]
+    lines += ["", f"speed-up (nnU-Net time / LLNAssist time): {ratio:.2f}x; body crop used: "
+              f"{res['llnassist']['cropped']} (fallback to the whole image: {res['llnassist']['fallback']})",
+              f"voxel agreement: {(ref == ours).mean():.5f}; foreground voxels nnU-Net {(ref > 0).mean():.4f}, "
+              f"LLNAssist {(ours > 0).mean():.4f}"]
+    for v in range(1, 6):
+        x, y = ref == v, ours == v
+        if x.any() or y.any():
+            lines.append(f"  label {v}: Dice between the two {2 * (x & y).sum() / (x.sum() + y.sum()):.4f}")
+    text = "\n".join(lines)
+    print(text)
+    Path(a.out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
