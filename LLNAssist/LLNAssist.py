@@ -197,6 +197,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.markNegativeButton.connect("clicked(bool)", lambda: self.onSetStatus("negative"))
         self.ui.deleteNodeButton.connect("clicked(bool)", self.onDeleteNode)
         self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
+        self.ui.saveReviewedButton.connect("clicked(bool)", self.onSaveReviewed)
         for name in ("showRegionsCheckBox", "showNegativeCheckBox", "showPositiveCheckBox", "show3DCheckBox",
                      "outlineCheckBox"):
             getattr(self.ui, name).connect("toggled(bool)", self.onDisplayChanged)
@@ -275,7 +276,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.setVisible(self.ui.modelComboBox.currentData == "folder")
         has = bool(p.resultSegmentation)
         for name in ("clickToSegmentButton", "segmentEditorButton", "recomputeButton", "markPositiveButton",
-                     "markNegativeButton", "deleteNodeButton", "saveSceneButton", "nodeComboBox"):
+                     "markNegativeButton", "deleteNodeButton", "saveSceneButton", "saveReviewedButton", "nodeComboBox"):
             getattr(self.ui, name).enabled = has and not busy
         if p.resultTable:
             self.ui.nodeTableView.setMRMLTableNode(p.resultTable)
@@ -449,6 +450,20 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 from LLNAssistLib import mrml_bridge
 
                 mrml_bridge.save_mrb(slicer.mrmlScene, path)
+
+    def onSaveReviewed(self):
+        p = self._parameterNode
+        reader = qt.QInputDialog.getText(None, "Save as reviewed", "Reviewed by (your reader id):",
+                                         qt.QLineEdit.Normal, p.readerId)
+        if not reader or not reader.strip():
+            return
+        folder = qt.QFileDialog.getExistingDirectory(None, "Folder for the reviewed case")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not save the reviewed case.", waitCursor=True):
+            saved = self.logic.saveReviewedCase(p, folder, reader.strip())
+            slicer.util.infoDisplay(f"Saved as reviewed by {saved['reviewed_by']}:\n{saved['mrb']}\n{saved['labels']}\n"
+                                    "List it in the CASES.csv of `llnassist dataset export`.")
 
     # -- reader study ------------------------------------------------------------------------------------
     def onBrowseStudy(self):
@@ -700,6 +715,14 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
         from LLNAssistLib import mrml_bridge
 
         return self._edit(mrml_bridge.delete_node, p, nodeId)
+
+    def saveReviewedCase(self, p, folder, reader):
+        """Marks the corrected case reviewed by `reader` and writes case.mrb + labels.nii.gz."""
+        from LLNAssistLib import mrml_bridge
+
+        if not p.inputVolume or not p.resultSegmentation:
+            raise ValueError("Analyse the case (and correct it) before saving it as reviewed.")
+        return mrml_bridge.save_reviewed_case(slicer.mrmlScene, p.inputVolume, p.resultSegmentation, folder, reader)
 
     # -- reader study ------------------------------------------------------------------------------------
     def openReadingSession(self, studyPath, readerId):
