@@ -178,6 +178,12 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = LLNAssistLogic()
 
         self.ui.modelComboBox.addItem(f"{DEFAULT_MODEL_ID} (bundled, synthetic training data)", "")
+        from LLNAssistLib.model import registry
+
+        for m in registry.installed():  # site models installed with `llnassist models add`
+            if m["where"] == "installed":
+                trained = "synthetic training data" if m["synthetic"] else (m["training_data"] or "unknown data")
+                self.ui.modelComboBox.addItem(f"{m['id']} ({m['kind']}, {trained})", m["id"])
         self.ui.modelComboBox.addItem("Model folder...", "folder")
         self.ui.syntheticNoticeLabel.text = conventions.SYNTHETIC_MODEL_NOTICE
         self.ui.progressBar.setVisible(False)
@@ -305,7 +311,8 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.environmentLabel.text = self.logic.environmentText
             p = self._parameterNode
-            model = _path_or_none(p.modelFolder) if self.ui.modelComboBox.currentData == "folder" else None
+            choice = self.ui.modelComboBox.currentData
+            model = _path_or_none(p.modelFolder) if choice == "folder" else (choice or None)
             if self.ui.modelComboBox.currentData == "folder" and model is None:
                 raise ValueError("Choose the model folder (with model.pt and manifest.json).")
             self.ui.logTextEdit.clear()

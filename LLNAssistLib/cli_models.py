@@ -29,7 +29,40 @@ def cmd_dataset_export(a) -> int:
     return 0
 
 
+def cmd_models(a) -> int:
+    import json
+
+    from .model import registry
+
+    if a.models_command == "list":
+        rows = registry.installed()
+        for m in rows:
+            trained = ("synthetic phantoms" if m["synthetic"] else m["training_data"] or "unknown data")
+            print(f"{m['id']}  [{m['kind']}, {m['where']}, version {m['version']}]  trained on: {trained}"
+                  + (f"; {m['evaluation']}" if m["evaluation"] else ""))
+        print(f"(installed models live in {registry.user_dir()}; LLNASSIST_MODELS names another folder)")
+    elif a.models_command == "add":
+        res = registry.add(a.path, a.id)
+        print(f"installed {res['id']} ({res['kind']}) in {res['path']}; use it with --model {res['id']}")
+    elif a.models_command == "remove":
+        print(f"removed {registry.remove(a.id)}")
+    elif a.models_command == "info":
+        print(json.dumps(registry.info(a.id), indent=2))
+    return 0
+
+
 def add_parsers(sub, parser_class) -> None:
+    s = sub.add_parser("models", help="installed models: list, add (validated, copied), remove, info")
+    ms = s.add_subparsers(dest="models_command", parser_class=parser_class, required=True)
+    ms.add_parser("list", help="bundled and installed models, with what each was trained on and its evaluation")
+    p = ms.add_parser("add", help="validate a model folder (LLNAssist or nnU-Net) and install a copy")
+    p.add_argument("path")
+    p.add_argument("--id", help="the id to install it under (default: its manifest's id)")
+    for name in ("remove", "info"):
+        p = ms.add_parser(name)
+        p.add_argument("id")
+    s.set_defaults(func=cmd_models)
+
     s = sub.add_parser("dataset", help="reviewed cases to an nnU-Net v2 training dataset")
     ds = s.add_subparsers(dest="dataset_command", parser_class=parser_class)
     p = ds.add_parser("export", help="CASES.csv (case_id,image,labels[,patient_id,reviewed_by]) -> "

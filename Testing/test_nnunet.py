@@ -155,3 +155,38 @@ def test_a_model_without_a_needed_label_is_refused_unless_mapped(site_model, tmp
                     other / "fold_1" / "checkpoint_final.pth")
     with pytest.raises(InputError, match="not listed"):
         validate(other)
+
+
+def test_installed_models_are_listed_run_by_id_and_held_to_their_checksums(site_model, tmp_path, monkeypatch):
+    folder, d = site_model
+    monkeypatch.setenv("LLNASSIST_MODELS", str(tmp_path / "models"))
+    # an nnU-Net model from elsewhere (no LLNAssist manifest): installing it records its checksums
+    foreign = _copy_model(folder, tmp_path / "foreign")
+    (foreign / "llnassist.json").unlink()
+    p = run_cli("models", "add", foreign, "--id", "site-foreign", check_rc=0)
+    assert "--model site-foreign" in p.stdout
+    installed = tmp_path / "models" / "site-foreign"
+    assert json.loads((installed / "llnassist.json").read_text(encoding="utf-8"))["checkpoints"]
+    run_cli("models", "add", folder, check_rc=0)  # ours, under its manifest's id
+    listing = run_cli("models", "list", check_rc=0).stdout
+    assert "llnassist-phantom-dynunet25d  [llnassist, bundled" in listing
+    assert "site-dataset601_lln-3d_fullres  [nnunet, installed" in listing and "cross-validation mean Dice" in listing
+    assert "site-foreign  [nnunet, installed" in listing and "unknown" in listing
+    p = run_cli("models", "add", folder, check_rc=2)
+    assert "already installed" in p.stderr
+    # run by id, like the bundled model
+    out = tmp_path / "out"
+    run_cli("analyze", d / "unseen" / "image.nii.gz", "--model", "site-dataset601_lln-3d_fullres", "--out", out,
+            "--device", "cpu", "--force", "--no-radiomics", "--no-report-images", check_rc=0)
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["model"]["kind"] == "nnunet"
+    # the installed copy is held to the checksums recorded when it was added
+    ck = installed / "fold_0" / "checkpoint_final.pth"
+    data = bytearray(ck.read_bytes())
+    data[100] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    p = run_cli("analyze", d / "unseen" / "image.nii.gz", "--model", "site-foreign", "--out", tmp_path / "o2",
+                "--force", check_rc=2)
+    assert "fails its checksum" in p.stderr
+    assert "removed" in run_cli("models", "remove", "site-foreign", check_rc=0).stdout
+    assert "cannot be removed" in run_cli("models", "remove", "llnassist-phantom-dynunet25d", check_rc=2).stderr
+    assert "site-foreign" not in run_cli("models", "list", check_rc=0).stdout

@@ -37,16 +37,21 @@ def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = 
     trained-model folder gives an nnunet.model.NnunetModel (run by `segment` the same way)."""
     if reuse and (model, device) in _LOADED:
         return _LOADED[(model, device)]
-    if model and Path(model).is_dir() and not (Path(model) / M.MANIFEST).is_file():
+    from . import registry
+
+    where = model
+    if model and not Path(model).exists() and registry.resolve(model) is not None:  # an installed model id
+        where = str(registry.resolve(model))
+    if where and Path(where).is_dir() and not (Path(where) / M.MANIFEST).is_file():
         from ..nnunet import model as nnunet_model
 
-        if nnunet_model.is_nnunet_folder(Path(model)):
-            loaded = nnunet_model.load(Path(model), device)
+        if nnunet_model.is_nnunet_folder(Path(where)):
+            loaded = nnunet_model.load(Path(where), device)
             if reuse:
                 _LOADED[(model, device)] = loaded
             return loaded
     dev = resolve_device(device)
-    model_dir = M.resolve_model_dir(model)
+    model_dir = M.resolve_model_dir(where)
     man = M.read_manifest(model_dir)
     weights = M.verified_weights_path(model_dir, man)
     net = network.build(man["architecture"])

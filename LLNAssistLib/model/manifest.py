@@ -77,6 +77,11 @@ def resolve_model_dir(model: Optional[str]) -> Path:
         return p
     if (models_dir() / model / MANIFEST).is_file():
         return models_dir() / model
+    from .registry import resolve
+
+    installed = resolve(model)
+    if installed is not None and (installed / MANIFEST).is_file():
+        return installed
     avail = ", ".join(available_models()) or "none"
     raise InputError(f"unknown model {model!r}; give a bundled model id ({avail}) or a model folder path")
 
