@@ -34,6 +34,10 @@ def cmd_models(a) -> int:
 
     from .model import registry
 
+    if not a.models_command:
+        from .errors import InputError
+
+        raise InputError("say what to do: llnassist models list | add PATH | remove ID | info ID")
     if a.models_command == "list":
         rows = registry.installed()
         for m in rows:
@@ -53,7 +57,9 @@ def cmd_models(a) -> int:
 
 def add_parsers(sub, parser_class) -> None:
     s = sub.add_parser("models", help="installed models: list, add (validated, copied), remove, info")
-    ms = s.add_subparsers(dest="models_command", parser_class=parser_class, required=True)
+    # no required=True: nnunetv2 pulls the old PyPI `argparse` backport, which shadows the standard
+    # library's wherever site-packages comes first on the path (an extension's PYTHONPATH)
+    ms = s.add_subparsers(dest="models_command", parser_class=parser_class)
     ms.add_parser("list", help="bundled and installed models, with what each was trained on and its evaluation")
     p = ms.add_parser("add", help="validate a model folder (LLNAssist or nnU-Net) and install a copy")
     p.add_argument("path")
