@@ -17,14 +17,13 @@ def cmd_dataset_export(a) -> int:
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()) as said:  # nnU-Net talks a lot; its errors still raise
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net talks a lot; its errors still raise
         try:
             nnunet_integrity(folder)
         except Exception as exc:  # nnU-Net raises plain errors
             from .errors import InputError
 
             raise InputError(f"nnU-Net's dataset check refused {folder}: {exc}") from None
-    del said
     print(f"wrote {folder}; nnU-Net's dataset integrity check passed")
     return 0
 

@@ -118,6 +118,8 @@ class ReadingServer:
         self._db_lock = threading.Lock()  # one study connection, used from the executor threads
         self.host, self.port = host, port
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.origins = self._origins(host, port, self.public_url)
+        self.hosts = {urlsplit(o).netloc for o in self.origins}
         self.idle_s = idle_minutes * 60
         self.key_dir = Path(tempfile.mkdtemp(prefix="llnassist-stations-"))
         self.stations: dict[str, Station] = {}
@@ -125,16 +127,18 @@ class ReadingServer:
         self.http = None
 
     # -- who is asking --------------------------------------------------------------------------------
-    def origins(self, request) -> set:
-        if self.public_url:
-            u = urlsplit(self.public_url)
+    @staticmethod
+    def _origins(host: str, port: int, public_url: Optional[str]) -> set:
+        """The Origins of this server's own pages; their host:port are the Host names it answers to."""
+        if public_url:
+            u = urlsplit(public_url)
             return {f"{u.scheme}://{u.netloc}"}
-        hosts = {self.host, "127.0.0.1", "localhost"} if _is_loopback(self.host) else {self.host}
-        return {f"http://{h}:{self.port}" for h in hosts}
+        hosts = {host, "127.0.0.1", "localhost"} if _is_loopback(host) else {host}
+        return {f"http://{h}:{port}" for h in hosts}
 
     def host_allowed(self, request) -> bool:
         """A Host this server is known by (a page from a re-bound DNS name gets nothing)."""
-        return any(urlsplit(o).netloc == request.host for o in self.origins(request))
+        return request.host in self.hosts
 
     async def db(self, fn, *args):
         def call():
@@ -278,7 +282,7 @@ class ReadingServer:
     async def websocket(self, request):
         from aiohttp import web
 
-        if request.headers.get("Origin") not in self.origins(request):
+        if request.headers.get("Origin") not in self.origins:
             return web.Response(status=403, text="websocket refused: not from this server's page")
         user = await self.user(request)
         if user is None or user.role != "reader":

@@ -40,8 +40,9 @@ def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = 
     from . import registry
 
     where = model
-    if model and not Path(model).exists() and registry.resolve(model) is not None:  # an installed model id
-        where = str(registry.resolve(model))
+    installed = registry.resolve(model) if model and not Path(model).exists() else None
+    if installed is not None:  # an installed model id
+        where = str(installed)
     if where and Path(where).is_dir() and not (Path(where) / M.MANIFEST).is_file():
         from ..nnunet import model as nnunet_model
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError
+from ..nnunet.model import LABEL_MAP_FILE
+from ..nnunet.model import MANIFEST as NNUNET_MANIFEST
 from . import manifest as M
 
-NNUNET_MANIFEST = "llnassist.json"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -87,7 +88,7 @@ def add(path: str, model_id: Optional[str] = None) -> dict:
     elif nnunet_model.is_nnunet_folder(src):
         man = nnunet_model.validate(src)
         files = ["dataset.json", "plans.json", *man["checkpoints"],
-                 *[n for n in (NNUNET_MANIFEST, nnunet_model.LABEL_MAP_FILE) if (src / n).is_file()]]
+                 *[n for n in (NNUNET_MANIFEST, LABEL_MAP_FILE) if (src / n).is_file()]]
     else:
         raise InputError(f"{src} is neither an LLNAssist model (manifest.json) nor an nnU-Net trained-model folder")
     model_id = model_id or man["id"]

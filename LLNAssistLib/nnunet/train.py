@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from .model import MANIFEST
 
-MANIFEST = "llnassist.json"
 TRAINER = "LLNAssistTrainer"
 PLANS = "nnUNetPlans"
 # A plan small enough for CPU tests and smoke runs: 16x64x64 patches, four stages of 8-64 features.

@@ -55,26 +55,17 @@ def invite(study: Study, user: str, by: str, expires_days: float = INVITE_DAYS,
     token = secrets.token_urlsafe(32)
     with study.db.transaction():
         by = study._require_coordinator(by, "issue sign-in links")
-        role = study.role_of(uid)
-        if role is None:
+        found = study.member(uid)
+        if found is None:
             raise InputError(f"{uid or 'an empty id'} is not a member of this study; add them as a reader "
                              "(study add-readers) or staff (study add-staff) first")
-        uid = _canonical_id(study, uid)
+        uid, role = found
         now = study.clock()
         study.db.run("INSERT INTO invites (token_hash, user_id, created_by, created_at, expires_at, login_days) "
                      "VALUES (?, ?, ?, ?, ?, ?)", (_hash(token), uid, by, _iso(now),
                                                    _iso(now + _dt.timedelta(days=expires_days)), login_days))
         study._audit(by, "invite", user=uid, role=role, expires_days=expires_days, login_days=login_days)
     return token
-
-
-def _canonical_id(study: Study, uid: str) -> str:
-    """The id as the study spells it (ids match ignoring case and spacing)."""
-    key = "".join(uid.split()).casefold()
-    for (known,) in study.db.all("SELECT reader_id FROM readers UNION SELECT user_id FROM staff"):
-        if "".join(known.split()).casefold() == key:
-            return known
-    return uid
 
 
 def sign_in(study: Study, token: str) -> tuple[str, User]:
@@ -131,7 +122,8 @@ def revoke(study: Study, user: str, by: str, reason: str) -> dict:
     uid = normalise_reader_id(user)
     with study.db.transaction():
         by = study._require_coordinator(by, "revoke sign-ins")
-        uid = _canonical_id(study, uid)
+        found = study.member(uid, include_inactive=True)  # a removed reader's sign-ins can be revoked too
+        uid = found[0] if found else uid
         now = _iso(study.clock())
         links = study.db.run("UPDATE invites SET revoked_at = ? WHERE user_id = ? AND used_at IS NULL AND revoked_at "
                              "IS NULL", (now, uid))

@@ -166,20 +166,30 @@ class Study:
         return st
 
     # -- roles --------------------------------------------------------------------------------------
+    def member(self, user: str, include_inactive: bool = False) -> Optional[tuple[str, str]]:
+        """(the id as the study spells it, its role: coordinator, reference or reader), or None; ids
+        compared ignoring case and spacing. Staff roles come before being a reader."""
+        key = _reader_key(user)
+        active = "" if include_inactive else " WHERE active = 1"
+        for uid, role in self.db.all(f"SELECT user_id, role FROM staff{active}"):
+            if _reader_key(uid) == key:
+                return uid, role
+        for (rid,) in self.db.all(f"SELECT reader_id FROM readers{active}"):
+            if _reader_key(rid) == key:
+                return rid, "reader"
+        return None
+
     def role_of(self, user: str) -> Optional[str]:
         """coordinator, reference, reader or None; ids compared ignoring case and spacing."""
-        key = _reader_key(user)
-        for uid, role in self.db.all("SELECT user_id, role FROM staff WHERE active = 1"):
-            if _reader_key(uid) == key:
-                return role
-        readers = self.db.all("SELECT reader_id FROM readers WHERE active = 1")
-        return "reader" if any(_reader_key(r) == key for (r,) in readers) else None
+        found = self.member(user)
+        return found[1] if found else None
 
     def _require_coordinator(self, user: str, what: str) -> str:
         who = normalise_reader_id(user)
-        if self.role_of(who) != "coordinator":
+        role = self.role_of(who)
+        if role != "coordinator":
             raise RuleRefused(f"only a coordinator of this study may {what}; {who or 'nobody'} is "
-                              f"{'a ' + self.role_of(who) if self.role_of(who) else 'not a member of it'}")
+                              f"{'a ' + role if role else 'not a member of it'}")
         return who
 
     def add_staff(self, user: str, role: str, actor: str, name: str = "") -> None:
@@ -525,7 +535,7 @@ class Study:
         return read
 
     def _open_read_locked(self, reader, session, case, override) -> dict:
-        _, modality = self._assignment(reader, session, case)
+        position, modality = self._assignment(reader, session, case)
         latest = self._latest_read(reader, session, case)
         if latest:  # resume an open read, or report the submitted one
             return {"read_id": latest[0], "status": latest[1], "version": latest[2], "modality": latest[4]}
@@ -537,7 +547,6 @@ class Study:
             self._audit(override.by, "override_washout", reader=reader, case=case, session=session,
                         reason=override.reason, rule=why)
         if not self.protocol.get("free_order", False):
-            position, _ = self._assignment(reader, session, case)
             earlier = self.db.one(
                 "SELECT a.case_id FROM assignments a WHERE a.reader_id = ? AND a.session = ? AND a.position < ? "
                 "AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.reader_id = a.reader_id AND r.case_id = a.case_id "
