@@ -80,9 +80,11 @@ def cmd_train(a) -> int:
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate_model
 
-    seeds = _parse_seeds(a.seeds)
+    if a.cases and a.seeds:
+        raise InputError("give either --cases (labelled cases) or --seeds (phantoms), not both")
+    seeds = None if a.cases else _parse_seeds(a.seeds or "900000-900019")
     res = evaluate_model(a.model, seeds, device=a.device, write_manifest=a.write_manifest,
-                         progress=_progress(a.quiet))
+                         progress=_progress(a.quiet), cases_csv=a.cases)
     if a.out:
         from .atomic import write_text
 
@@ -251,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cohort_parsers(sub, _Parser)
     add_model_parsers(sub, _Parser)
 
-    s = sub.add_parser("evaluate", help="evaluate a model on unseen phantom seeds (end to end)")
+    s = sub.add_parser("evaluate", help="evaluate a model end to end on labelled cases or unseen phantom seeds")
     s.add_argument("--model", default=None)
-    s.add_argument("--seeds", default="900000-900019")
+    s.add_argument("--cases", help="CASES.csv (case_id,image,labels) of labelled cases, as for `dataset export`")
+    s.add_argument("--seeds", default=None, help="phantom seeds (default 900000-900019 when no --cases)")
     s.add_argument("--device", default="auto")
     s.add_argument("--write-manifest", action="store_true", help="store the results in the model manifest")
     s.add_argument("--out", help="JSON file with the per-case results")

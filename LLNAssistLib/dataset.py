@@ -228,26 +228,15 @@ def _splits(cases: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def export(cases_csv: str, out_dir: str, dataset_id: int, name: str = "LLN", pseudonymize: bool = False,
-           allow_unreviewed: bool = False, seed: int = 0, progress=print) -> Path:
-    """Checks every case, then writes the dataset whole. Returns the dataset folder."""
+def read_cases(cases_csv: str, rows: Optional[list] = None):
+    """Each row of a CASES.csv (case_id,image,labels; paths relative to the table) checked and read:
+    yields (row, case id, image path, labels path, loaded image, CaseLabels). The first bad case
+    stops with its id named."""
     from .inputs import load
 
-    if not 1 <= int(dataset_id) <= 999:
-        raise InputError(f"--dataset-id {dataset_id} must be 1-999 (nnU-Net's DatasetNNN)")
-    if not re.match(r"^[A-Za-z0-9_-]{1,40}$", name):
-        raise InputError(f"--name {name!r} must be letters, digits, _ or - (it becomes part of a folder name)")
-    out = Path(out_dir)
-    folder = out / f"Dataset{int(dataset_id):03d}_{name}"
-    clash = sorted(p.name for p in out.glob(f"Dataset{int(dataset_id):03d}_*")) if out.is_dir() else []
-    if clash:
-        raise InputError(f"{out} already holds {clash[0]}; nnU-Net dataset ids must be unique - choose another "
-                         "--dataset-id or another --out")
     base = Path(cases_csv).resolve().parent
-    rows = read_table(cases_csv, ("case_id", "image", "labels"), "cases")
-    if len(rows) < N_FOLDS:
-        raise InputError(f"{cases_csv} lists {len(rows)} case(s); five-fold cross-validation needs at least {N_FOLDS}")
-    seen, cases = set(), []
+    rows = rows if rows is not None else read_table(cases_csv, ("case_id", "image", "labels"), "cases")
+    seen = set()
     for n, r in enumerate(rows, start=2):
         cid = r["case_id"].strip()
         if not _CASE_ID.match(cid):
@@ -263,6 +252,27 @@ def export(cases_csv: str, out_dir: str, dataset_id: int, name: str = "LLN", pse
             raise InputError(f"case {cid}: {exc}") from None
         got = read_case_labels(labels_path, loaded.image, cid)
         check_case(cid, loaded.image, got)
+        yield r, cid, image_path, labels_path, loaded, got
+
+
+def export(cases_csv: str, out_dir: str, dataset_id: int, name: str = "LLN", pseudonymize: bool = False,
+           allow_unreviewed: bool = False, seed: int = 0, progress=print) -> Path:
+    """Checks every case, then writes the dataset whole. Returns the dataset folder."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise InputError(f"--dataset-id {dataset_id} must be 1-999 (nnU-Net's DatasetNNN)")
+    if not re.match(r"^[A-Za-z0-9_-]{1,40}$", name):
+        raise InputError(f"--name {name!r} must be letters, digits, _ or - (it becomes part of a folder name)")
+    out = Path(out_dir)
+    folder = out / f"Dataset{int(dataset_id):03d}_{name}"
+    clash = sorted(p.name for p in out.glob(f"Dataset{int(dataset_id):03d}_*")) if out.is_dir() else []
+    if clash:
+        raise InputError(f"{out} already holds {clash[0]}; nnU-Net dataset ids must be unique - choose another "
+                         "--dataset-id or another --out")
+    rows = read_table(cases_csv, ("case_id", "image", "labels"), "cases")
+    if len(rows) < N_FOLDS:
+        raise InputError(f"{cases_csv} lists {len(rows)} case(s); five-fold cross-validation needs at least {N_FOLDS}")
+    cases = []
+    for r, cid, image_path, labels_path, loaded, got in read_cases(cases_csv, rows):
         reviewer = (r.get("reviewed_by") or "").strip() or got.reviewed_by
         if not reviewer and not allow_unreviewed:
             raise InputError(f"case {cid}: not marked as reviewed; review it in the LLNAssist module (Mark reviewed) "

@@ -34,7 +34,8 @@ _LOADED: dict = {}  # (model, device) -> LoadedModel: a batch worker loads its m
 def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = False):
     """Resolves the model, checks its sha256, then loads the state dict with weights_only=True.
     With `reuse`, a model this process already loaded (and checked) is returned again. An nnU-Net
-    trained-model folder gives an nnunet.model.NnunetModel (run by `segment` the same way)."""
+    trained-model folder gives an nnunet.model.NnunetModel, a MONAI bundle a bundle.BundleModel
+    (run by `segment` the same way)."""
     if reuse and (model, device) in _LOADED:
         return _LOADED[(model, device)]
     from . import registry
@@ -45,9 +46,12 @@ def load_model(model: Optional[str] = None, device: str = "auto", reuse: bool = 
         where = str(installed)
     if where and Path(where).is_dir() and not (Path(where) / M.MANIFEST).is_file():
         from ..nnunet import model as nnunet_model
+        from . import bundle
 
-        if nnunet_model.is_nnunet_folder(Path(where)):
-            loaded = nnunet_model.load(Path(where), device)
+        foreign = nnunet_model if nnunet_model.is_nnunet_folder(Path(where)) else \
+            bundle if bundle.is_bundle_folder(Path(where)) else None
+        if foreign is not None:
+            loaded = foreign.load(Path(where), device)
             if reuse:
                 _LOADED[(model, device)] = loaded
             return loaded
@@ -80,6 +84,10 @@ def segment(image: sitk.Image, model: LoadedModel, progress: Optional[Callable] 
         from ..nnunet.model import segment as segment_nnunet
 
         return segment_nnunet(image, model, progress=progress, timings=timings, stats=stats)
+    if getattr(model, "kind", "") == "monai_bundle":
+        from .bundle import segment as segment_bundle
+
+        return segment_bundle(image, model, progress=progress, timings=timings, stats=stats)
     timings = {} if timings is None else timings
     stats = {} if stats is None else stats
     t0 = time.perf_counter()

@@ -115,3 +115,21 @@ def verified_weights_path(model_dir: Path, man: dict) -> Path:
         raise InputError(f"model weights {w} fail their checksum (sha256 {got[:12]}... != manifest "
                          f"{man['sha256'][:12]}...); the file is corrupt or was replaced - reinstall it")
     return w
+
+
+def check_listed(folder: Path, listed: dict, sums: dict, manifest_name: str) -> None:
+    """A foreign model's files against its LLNAssist manifest: every listed file present with its
+    sha256, and nothing that would run left unlisted (a file slipped in after registration)."""
+    from ..errors import InputError
+
+    for rel, want in listed.items():
+        got = sums.get(rel)
+        if got is None:
+            raise InputError(f"{folder / rel} is listed in {manifest_name} but missing; reinstall the model")
+        if got != want:
+            raise InputError(f"{folder / rel} fails its checksum (sha256 {got[:12]}... != {manifest_name} "
+                             f"{want[:12]}...); the file is corrupt or was replaced - reinstall the model")
+    extra = sorted(set(sums) - set(listed))
+    if extra:
+        raise InputError(f"{folder} holds {', '.join(extra)}, not listed in {manifest_name}; remove them or register "
+                         "the model again")

@@ -3,8 +3,9 @@
 `--model ID` finds a model in either; `--model PATH` still takes a folder directly.
 
 Adding validates the model first (LLNAssist manifest and weights checksum; or an nnU-Net folder,
-whose checkpoints get a manifest with their sha256 if it had none) and copies only what running it
-needs into the user folder, published whole.
+whose checkpoints get a manifest with their sha256 if it had none; or a MONAI bundle, whose configs,
+weights and scripts get one) and copies only what running it needs into the user folder, published
+whole.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError
-from ..nnunet.model import LABEL_MAP_FILE
 from ..nnunet.model import MANIFEST as NNUNET_MANIFEST
 from . import manifest as M
+from .labelmap import LABEL_MAP_FILE
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
@@ -63,7 +64,8 @@ def _evaluation_line(man: dict) -> str:
         vals = [v for fold in cv.values() for v in fold.values()]
         return f"cross-validation mean Dice {sum(vals) / len(vals):.3f} over {len(cv)} fold(s)" if vals else ""
     if "detection_sensitivity" in ev:  # `llnassist evaluate --write-manifest`
-        return (f"{ev.get('cases')} held-out cases: node detection {ev['detection_sensitivity']:.3f}, "
+        what = "labelled cases" if (ev.get("data") or {}).get("kind") == "labelled cases" else "held-out cases"
+        return (f"{ev.get('cases')} {what}: node detection {ev['detection_sensitivity']:.3f}, "
                 f"{ev.get('false_positives_per_case', 0):.2f} false positives per case, patient status accuracy "
                 f"{ev.get('patient_status_accuracy', float('nan')):.3f}")
     return ""
@@ -77,6 +79,7 @@ def resolve(model_id: str) -> Optional[Path]:
 
 def add(path: str, model_id: Optional[str] = None) -> dict:
     from ..nnunet import model as nnunet_model
+    from . import bundle
 
     src = Path(path)
     if not src.is_dir():
@@ -89,8 +92,12 @@ def add(path: str, model_id: Optional[str] = None) -> dict:
         man = nnunet_model.validate(src)
         files = ["dataset.json", "plans.json", *man["checkpoints"],
                  *[n for n in (NNUNET_MANIFEST, LABEL_MAP_FILE) if (src / n).is_file()]]
+    elif bundle.is_bundle_folder(src):
+        man = bundle.validate(src)
+        files = [*man["files"], *[n for n in (bundle.MANIFEST, LABEL_MAP_FILE) if (src / n).is_file()]]
     else:
-        raise InputError(f"{src} is neither an LLNAssist model (manifest.json) nor an nnU-Net trained-model folder")
+        raise InputError(f"{src} is neither an LLNAssist model (manifest.json), an nnU-Net trained-model folder nor "
+                         "a MONAI bundle")
     model_id = model_id or man["id"]
     if not _ID.match(model_id):
         raise InputError(f"model id {model_id!r}: letters, digits, '.', '_' or '-' (give --id)")
@@ -104,7 +111,7 @@ def add(path: str, model_id: Optional[str] = None) -> dict:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / rel, stage / rel)
         if not (src / M.MANIFEST).is_file() and not (src / NNUNET_MANIFEST).is_file():
-            # a foreign nnU-Net model: from now on its checkpoints are held to these checksums
+            # a foreign model: from now on its checkpoints (a bundle: all it runs) are held to these checksums
             man = {**man, "verified": True, "registered_from": str(src)}
             (stage / NNUNET_MANIFEST).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
         os.replace(stage, root / model_id)

@@ -24,10 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .. import conventions as C
 from ..errors import InputError
+from ..model.labelmap import map_label_names
 
-LABEL_MAP_FILE = "llnassist_labels.json"
 MANIFEST = "llnassist.json"
 BODY_MARGIN_MM = 10.0
 CROP_TO_BODY = True  # off: predict the whole image (what nnU-Net's predictor does), for comparisons
@@ -46,35 +45,17 @@ def label_mapping(folder: Path, dataset_json: dict) -> dict:
     labels = dataset_json.get("labels", {})
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{folder / 'dataset.json'} has no labels")
-    names = dict(labels)
-    mapping_file = folder / LABEL_MAP_FILE
-    rename = {}
-    if mapping_file.is_file():
-        try:
-            rename = json.loads(mapping_file.read_text(encoding="utf-8"))
-        except ValueError:
-            raise InputError(f"{mapping_file} is not valid JSON (model label name -> LLNAssist label name)") from None
-    by_name = {v: k for k, v in C.LABEL_NAMES.items()}
-    out = {}
-    for name, value in names.items():
+    for name, value in labels.items():
         if isinstance(value, (list, tuple)):
             raise InputError(f"model {folder.name} is region-based (label {name!r} = {value}); LLNAssist runs "
                              "label-based nnU-Net models")
-        target = rename.get(name, name)
-        if target in by_name:
-            out[int(value)] = by_name[target]
-    missing = [n for v, n in C.LABEL_NAMES.items() if v not in out.values()]
-    if missing:
-        raise InputError(f"model {folder.name} has no label for {', '.join(map(repr, missing))}; its labels are "
-                         f"{', '.join(map(repr, names))} - add {LABEL_MAP_FILE} beside it mapping its names to "
-                         "LLNAssist's")
-    return out
+    return map_label_names(folder, labels)
 
 
 def validate(folder: Path) -> dict:
     """Checks the folder before anything runs; returns its LLNAssist manifest (or one made up
     from the folder, marked unverified, for an nnU-Net model trained elsewhere)."""
-    from ..model.manifest import sha256_file
+    from ..model.manifest import check_listed, sha256_file
 
     if not is_nnunet_folder(folder):
         raise InputError(f"{folder} is not an nnU-Net trained-model folder (dataset.json, plans.json, "
@@ -93,19 +74,9 @@ def validate(folder: Path) -> dict:
     label_mapping(folder, dataset_json)
     man_path = folder / MANIFEST
     man = json.loads(man_path.read_text(encoding="utf-8")) if man_path.is_file() else None
-    sums = {str(p.relative_to(folder)): sha256_file(p) for p in folds}
+    sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in folds}
     if man is not None:
-        for rel, want in man.get("checkpoints", {}).items():
-            got = sums.get(rel)
-            if got is None:
-                raise InputError(f"{folder / rel} is listed in {MANIFEST} but missing; reinstall the model")
-            if got != want:
-                raise InputError(f"{folder / rel} fails its checksum (sha256 {got[:12]}... != {MANIFEST} "
-                                 f"{want[:12]}...); the file is corrupt or was replaced - reinstall the model")
-        extra = sorted(set(sums) - set(man.get("checkpoints", {})))
-        if extra:
-            raise InputError(f"{folder} holds checkpoint(s) {', '.join(extra)} not listed in {MANIFEST}; remove them "
-                             "or register the model again")
+        check_listed(folder, man.get("checkpoints", {}), sums, MANIFEST)
     configuration = (man or {}).get("configuration")
     if configuration is None:
         ck = _checkpoint(folds[0])
