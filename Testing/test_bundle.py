@@ -235,3 +235,73 @@ def test_evaluate_on_labelled_cases_against_hand_computed_figures(case, tmp_path
     # the evaluation lives in the manifest, outside the checksummed files: the model still runs
     run_cli("analyze", case / "image.nii.gz", "--out", tmp_path / "ok", "--model", "eval-bundle",
             "--no-report-images", "--quiet", check_rc=0)
+
+
+def test_labels_equal_monais_own_run_of_the_bundle(case, tmp_path):
+    """A bundle as the MONAI model zoo writes one (a BasicUNet state dict, Spacingd to 1.2 x 1.2 x 5 mm,
+    a sliding-window inferer, postprocessing softmax -> Invertd -> argmax -> SaveImaged, a
+    SupervisedEvaluator) run by MONAI itself (`python -m monai.bundle run`) and by LLNAssist's
+    loader: the same labels on every voxel. The network is untrained (seeded), so its labels are
+    arbitrary and everywhere - a harder comparison than anatomy."""
+    import subprocess
+    import sys
+
+    from monai.networks.nets import BasicUNet
+
+    from LLNAssistLib.model import bundle
+
+    b = tmp_path / "zoo"
+    (b / "configs").mkdir(parents=True)
+    (b / "models").mkdir()
+    torch.manual_seed(0)
+    features = [8, 8, 16, 16, 32, 8]
+    torch.save(BasicUNet(spatial_dims=3, in_channels=1, out_channels=6, features=features).state_dict(),
+               b / "models" / "model.pt")
+    pre = {"_target_": "Compose", "transforms": LOAD + [
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.2, 1.2, 5.0], "mode": "bilinear"},
+        {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True}]}
+    cfg = {"imports": ["$import glob"], "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
+           "dataset_dir": ".", "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii.gz')))",
+           "device": "$torch.device('cpu')",
+           "network_def": {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 6,
+                           "features": features},
+           "network": "$@network_def.to(@device)", "preprocessing": pre,
+           "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]",
+                       "transform": "@preprocessing"},
+           "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
+           "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 16], "sw_batch_size": 2,
+                       "overlap": 0.25},
+           "postprocessing": {"_target_": "Compose", "transforms": [
+               {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+               {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                "nearest_interp": False, "to_tensor": True},
+               {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+               {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                "resample": False, "separate_folder": False}]},
+           "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+                         "load_dict": {"model": "@network"}}],
+           "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                         "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                         "val_handlers": "@handlers"},
+           "run": ["$@evaluator.run()"]}
+    (b / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    channels = {str(v): C.LABEL_NAMES[v] for v in range(C.NUM_CLASSES)}
+    (b / "configs" / "metadata.json").write_text(json.dumps(
+        {"name": "zoo", "version": "0.1.0", "network_data_format": {
+            "inputs": {"image": {"num_channels": 1}},
+            "outputs": {"pred": {"num_channels": 6, "channel_def": channels}}}}), encoding="utf-8")
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(case / "image.nii.gz", tmp_path / "in" / "image.nii.gz")
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                        "--dataset_dir", str(tmp_path / "in"), "--bundle_root", str(b)], cwd=b,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ref = sitk.ReadImage(str(b / "eval" / "image_seg.nii.gz"))
+    image = sitk.ReadImage(str(case / "image.nii.gz"))
+    stats = {}
+    ours = bundle.segment(image, bundle.load(b, "cpu"), stats=stats)
+    assert stats["postprocessing"] == "the bundle's own"
+    assert ref.GetSize() == image.GetSize() and np.allclose(ref.GetDirection(), image.GetDirection())
+    ref_arr, ours_arr = sitk.GetArrayFromImage(ref).astype(np.uint8), sitk.GetArrayFromImage(ours)
+    assert len(np.unique(ref_arr)) >= 3  # the comparison is not between two blank maps
+    assert np.array_equal(ours_arr, ref_arr)

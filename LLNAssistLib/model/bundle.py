@@ -3,10 +3,11 @@
 The folder is a MONAI bundle as MONAI writes it: configs/inference.json (its `preprocessing`,
 `inferer` and, for a state dict, `network_def`), configs/metadata.json (the output channels'
 names in network_data_format.outputs.pred.channel_def) and models/model.ts (TorchScript) or
-models/model.pt (a state dict). The run uses the bundle's own preprocessing and inferer, takes the
-argmax of the output and inverts the preprocessing (MONAI's Invertd) back onto the image's grid;
-the bundle's postprocessing (which writes files) is not used. Labels are mapped by name
-(model/labelmap.py).
+models/model.pt (a state dict). The run uses the bundle's own preprocessing, inferer and
+postprocessing (without its file writers: LLNAssist writes the outputs), so the labels are the ones
+MONAI's own run of the bundle writes. A bundle without postprocessing, or whose postprocessing does
+not end on the image's grid, gets the argmax with the preprocessing inverted (MONAI's Invertd,
+nearest). Labels are mapped by name (model/labelmap.py).
 
 A bundle's config builds objects and evaluates expressions, and a TorchScript file is a program:
 only a trusted bundle may be loaded. model.pt is loaded with `weights_only=True` (a state dict,
@@ -117,6 +118,7 @@ class BundleModel:
     preprocessing: object
     inferer: object
     label_map: dict
+    postprocessing: object = None
     kind: str = "monai_bundle"
 
 
@@ -158,6 +160,7 @@ def load(folder: Path, device: str = "auto") -> BundleModel:
                 net.load_state_dict(state)
             preprocessing = parser.get_parsed_content("preprocessing")
             inferer = parser.get_parsed_content("inferer")
+            postprocessing = _postprocessing(parser)
     except InputError:
         raise
     except Exception as exc:  # a config or weights that do not work together
@@ -165,7 +168,20 @@ def load(folder: Path, device: str = "auto") -> BundleModel:
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     net.to(dev).eval()
     return BundleModel(folder, man, dev, net, preprocessing, inferer,
-                       map_label_names(folder, channel_names(folder)))
+                       map_label_names(folder, channel_names(folder)), postprocessing)
+
+
+def _postprocessing(parser):
+    """The bundle's postprocessing without its file writers (LLNAssist writes the outputs), or
+    None when it has none."""
+    from monai.transforms import Compose, SaveImage, SaveImaged
+
+    if "postprocessing" not in parser.config:
+        return None
+    post = parser.get_parsed_content("postprocessing")
+    steps = post.transforms if isinstance(post, Compose) else [post]
+    kept = [t for t in steps if not isinstance(t, (SaveImage, SaveImaged))]
+    return Compose(kept) if kept else None
 
 
 def _state_dict(path: Path) -> dict:
@@ -200,7 +216,7 @@ def segment(image: sitk.Image, model: BundleModel, progress: Optional[Callable] 
     t1 = time.perf_counter()
     if progress:
         progress("inference", 0.05, f"bundle {model.manifest['id']}, {tuple(x.shape[1:])} voxels")
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: MONAI's inverse transforms update tensors in place
         logits = model.inferer(x[None].to(model.device), model.network)
         if isinstance(logits, (tuple, list)):  # deep supervision heads: the first is the full-size one
             logits = logits[0]
@@ -213,15 +229,30 @@ def segment(image: sitk.Image, model: BundleModel, progress: Optional[Callable] 
             stats["foreground_entropy"] = float(ent[fg].mean())
         else:
             stats["foreground_entropy"] = float("nan")
-    timings["inference"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    pred = MetaTensor(lab[None].to(torch.float32).cpu(), meta=x.meta)
-    pred.applied_operations = x.applied_operations
-    data["pred"] = pred
-    inverted = Invertd(keys="pred", transform=model.preprocessing, orig_keys="image", nearest_interp=True,
-                       to_tensor=True)(data)["pred"]
-    arr = np.asarray(inverted[0].cpu().numpy()).round().astype(np.int64)
-    want = tuple(image.GetSize())  # the loaded array is (i, j, k) in the file's voxel order
+        del probs
+        timings["inference"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        want = tuple(image.GetSize())  # the loaded array is (i, j, k) in the file's voxel order
+        arr = None
+        if model.postprocessing is not None:
+            # the bundle's own postprocessing, as MONAI's evaluator runs it on one item of the batch
+            item = {**data, "pred": MetaTensor(logits[0].float().cpu(), meta=x.meta,
+                                               applied_operations=list(x.applied_operations))}
+            try:
+                out = model.postprocessing(item)["pred"]
+                out = out.argmax(0, keepdim=True) if out.shape[0] > 1 else out
+                arr = np.asarray(out[0].cpu().numpy()).round().astype(np.int64)
+            except Exception as exc:  # a postprocessing that needs what LLNAssist does not give
+                arr, stats["postprocessing"] = None, f"argmax and inverse ({exc.__class__.__name__} in the bundle's)"
+            if arr is not None and arr.shape != want:
+                arr, stats["postprocessing"] = None, "argmax and inverse (the bundle's does not end on the image grid)"
+            stats.setdefault("postprocessing", "the bundle's own")
+        if arr is None:
+            pred = MetaTensor(lab[None].to(torch.float32).cpu(), meta=x.meta,
+                              applied_operations=list(x.applied_operations))
+            inverted = Invertd(keys="pred", transform=model.preprocessing, orig_keys="image", nearest_interp=True,
+                               to_tensor=True)({**data, "pred": pred})["pred"]
+            arr = np.asarray(inverted[0].cpu().numpy()).round().astype(np.int64)
     if arr.shape != want:
         raise InputError(f"bundle {model.manifest['id']}: its preprocessing does not invert onto the image "
                          f"({arr.shape} vs {want}); it cannot be run by LLNAssist")
