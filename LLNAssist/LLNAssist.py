@@ -204,6 +204,7 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deleteNodeButton.connect("clicked(bool)", self.onDeleteNode)
         self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
         self.ui.saveReviewedButton.connect("clicked(bool)", self.onSaveReviewed)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         for name in ("showRegionsCheckBox", "showNegativeCheckBox", "showPositiveCheckBox", "show3DCheckBox",
                      "outlineCheckBox"):
             getattr(self.ui, name).connect("toggled(bool)", self.onDisplayChanged)
@@ -282,7 +283,8 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.setVisible(self.ui.modelComboBox.currentData == "folder")
         has = bool(p.resultSegmentation)
         for name in ("clickToSegmentButton", "segmentEditorButton", "recomputeButton", "markPositiveButton",
-                     "markNegativeButton", "deleteNodeButton", "saveSceneButton", "saveReviewedButton", "nodeComboBox"):
+                     "markNegativeButton", "deleteNodeButton", "saveSceneButton", "saveReviewedButton",
+                     "exportDicomButton", "nodeComboBox"):
             getattr(self.ui, name).enabled = has and not busy
         if p.resultTable:
             self.ui.nodeTableView.setMRMLTableNode(p.resultTable)
@@ -471,6 +473,17 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             saved = self.logic.saveReviewedCase(p, folder, reader.strip())
             slicer.util.infoDisplay(f"Saved as reviewed by {saved['reviewed_by']}:\n{saved['mrb']}\n{saved['labels']}\n"
                                     "List it in the CASES.csv of `llnassist dataset export`.")
+
+    def onExportDicom(self):
+        p = self._parameterNode
+        reader = qt.QInputDialog.getText(None, "Export to DICOM", "Corrected and confirmed by (your reader id):",
+                                         qt.QLineEdit.Normal, p.readerId)
+        if not reader or not reader.strip():
+            return
+        with slicer.util.tryWithErrorDisplay("Could not export the result to DICOM.", waitCursor=True):
+            info = self.logic.exportDicom(p, reader.strip())
+            slicer.util.infoDisplay(f"SEG ({info['seg']['segments']} segments) and structured report added to the "
+                                    "DICOM database. Send them to PACS from the DICOM module.")
 
     # -- reader study ------------------------------------------------------------------------------------
     def onBrowseStudy(self):
@@ -730,6 +743,32 @@ class LLNAssistLogic(ScriptedLoadableModuleLogic):
         if not p.inputVolume or not p.resultSegmentation:
             raise ValueError("Analyse the case (and correct it) before saving it as reviewed.")
         return mrml_bridge.save_reviewed_case(slicer.mrmlScene, p.inputVolume, p.resultSegmentation, folder, reader)
+
+    def exportDicom(self, p, reader):
+        """The corrected result as SEG + SR (reader as observer) into Slicer's DICOM database. They
+        reference the series the volume was loaded from, so it must come from the database."""
+        import shutil
+        import tempfile
+
+        from DICOMLib import DICOMUtils
+
+        from LLNAssistLib import mrml_bridge
+
+        if not p.inputVolume or not p.resultSegmentation:
+            raise ValueError("Analyse the case (and correct it) before exporting it.")
+        uids = (p.inputVolume.GetAttribute("DICOM.instanceUIDs") or "").split()
+        files = [slicer.dicomDatabase.fileForInstance(u) for u in uids] if slicer.dicomDatabase else []
+        if not uids or not all(files):
+            raise ValueError("The SEG and SR reference the images they were made on: load the series from Slicer's "
+                             "DICOM database (DICOM module), analyse it, then export.")
+        folder = tempfile.mkdtemp(prefix="llnassist-dicom-")
+        try:
+            info = mrml_bridge.export_dicom(slicer.mrmlScene, p.inputVolume, p.resultSegmentation, files, folder,
+                                            reader, post_treatment=p.postTreatment)
+            DICOMUtils.importDicom(folder, copyFiles=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return info
 
     # -- reader study ------------------------------------------------------------------------------------
     def openReadingSession(self, studyPath, readerId):

@@ -31,9 +31,13 @@ COHORT_COLUMNS = ("case_id", "status", "error", "patient_status", "n_nodes", "n_
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def read_cases(source: str) -> list[dict]:
+def read_cases(source: str, dicomweb: Optional[str] = None) -> list[dict]:
     """CASES.csv (case_id,image[,...]; relative image paths are relative to the CSV) or a folder of
-    cases (each entry a volume file, a DICOM folder, or a folder holding image.*)."""
+    cases (each entry a volume file, a DICOM folder, or a folder holding image.*). With `dicomweb`
+    the studies of that PACS: a CSV with study_uid[,case_id,series_uid], or a QIDO query
+    ('query:ModalitiesInStudy=MR&StudyDate=20260101-20261231'), each study a case."""
+    if dicomweb:
+        return _dicomweb_cases(source, dicomweb)
     path = Path(source)
     if path.is_dir():
         cases = []
@@ -64,19 +68,55 @@ def read_cases(source: str) -> list[dict]:
     return cases
 
 
+def _dicomweb_cases(source: str, url: str) -> list[dict]:
+    from urllib.parse import parse_qsl
+
+    from . import dicomweb
+
+    if source.startswith("query:"):
+        query = dict(parse_qsl(source[len("query:"):], keep_blank_values=True))
+        cases = [{"case_id": uid, "study_uid": uid} for uid in dicomweb.find_studies(url, query)]
+        if not cases:
+            raise InputError(f"the query {source[len('query:'):]!r} finds no study on {url}")
+        return cases
+    rows = read_table(source, ("study_uid",), "studies")
+    cases = []
+    for n, r in enumerate(rows, start=2):
+        uid = r["study_uid"].strip()
+        if not re.match(r"^[0-9][0-9.]{0,63}$", uid):
+            raise InputError(f"{source} row {n}: {uid!r} is not a Study Instance UID")
+        cases.append({**r, "case_id": (r.get("case_id") or "").strip() or uid, "study_uid": uid})
+    ids = [c["case_id"] for c in cases]
+    bad = next((i for i in ids if not _SAFE_ID.match(i) or ids.count(i) > 1), None)
+    if bad:
+        raise InputError(f"{source}: case_id {bad!r} is repeated or not a safe folder name")
+    return cases
+
+
 def analyze_case(case: dict, out_dir: str, options: dict) -> dict:
     """One case, in a worker: its cohort row and node rows; never raises for a bad case."""
+    from .keyimages import best_available
     from .pipeline import AnalysisOptions, analyze
 
     if options.get("threads"):
         import torch
 
         torch.set_num_threads(int(options["threads"]))
-    opts = AnalysisOptions(**{k: v for k, v in options.items() if k != "threads"})
+    opts = AnalysisOptions(**{k: v for k, v in options.items() if k not in ("threads", "dicomweb", "store")})
     opts.reuse_model = True
     target = Path(out_dir) / "cases" / case["case_id"]
     try:
-        summary = analyze(case["image"], target, opts)
+        if options.get("dicomweb"):
+            from .dicomweb import analyze_study
+
+            summary = analyze_study(options["dicomweb"], case["study_uid"], target, opts,
+                                    series_uid=(case.get("series_uid") or "").strip() or None,
+                                    do_store=bool(options.get("store")), renderer=best_available)
+            failed = summary["dicomweb"]["failed"]
+            if failed:
+                raise InputError(f"the PACS refused {len(failed)} of the results ({', '.join(failed)})")
+        else:
+            summary = analyze(case["image"], target, opts, renderer=best_available)
     except InputError as exc:
         return {"case_id": case["case_id"], "status": "failed", "error": str(exc).splitlines()[0]}
     except Exception as exc:  # one case must never stop the others: its error is listed
@@ -157,7 +197,7 @@ class _Ledger:
 def run(cases_source: str, out_dir: str, options: dict, workers: int = 1, scheduler: Optional[str] = None,
         progress: Optional[Callable[[str], None]] = None) -> dict:
     """Runs every unfinished case; returns counts. `options` are AnalysisOptions fields."""
-    cases = read_cases(cases_source)
+    cases = read_cases(cases_source, options.get("dicomweb"))
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     ledger = _Ledger(out, cases)
@@ -233,6 +273,9 @@ def options_from(a) -> dict:
                "neoadjuvant_radiotherapy": None if a.neoadjuvant_radiotherapy is None
                else a.neoadjuvant_radiotherapy == "yes",
                "radiomics": not a.no_radiomics, "radiomics_engine": a.radiomics_engine,
-               "key_images": not a.no_report_images, "force": a.force, "score_file": a.score_file}
+               "key_images": not a.no_report_images, "force": a.force, "score_file": a.score_file,
+               "pseudonymize": bool(getattr(a, "pseudonymize", False))}
     base.update(mapping)
+    if getattr(a, "dicomweb", None):
+        base.update(dicomweb=a.dicomweb, store=a.store)
     return base

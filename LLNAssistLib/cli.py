@@ -114,18 +114,59 @@ def cmd_analyze(a) -> int:
                            sex=a.sex, neoadjuvant_radiotherapy=_yesno(a.neoadjuvant_radiotherapy),
                            series=a.series, radiomics=not a.no_radiomics, key_images=not a.no_report_images,
                            radiomics_engine=a.radiomics_engine, force=a.force, patient_name=a.patient_name,
-                           score_file=a.score_file)
-    summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet))
+                           score_file=a.score_file, dicom_reference=a.dicom_reference, pseudonymize=a.pseudonymize)
+    from .keyimages import best_available
+
+    if a.dicomweb or a.study or a.store:
+        return _analyze_dicomweb(a, opts, best_available)
+    if not a.image:
+        raise InputError("give the IMAGE to analyse, or --dicomweb URL --study UID")
+    summary = analyze(a.image, a.out, opts, progress=_progress(a.quiet), renderer=best_available)
     if summary["domain"].get("notice"):
         sys.stderr.write(f"warning: {summary['domain']['notice']}\n")
+    if not summary.get("dicom", {}).get("written", True):
+        print(f"no DICOM SEG/SR: {summary['dicom']['reason']}")
     largest = f", largest short axis {summary['max_short_axis_mm']} mm" if summary["n_nodes"] else ""
     print(f"patient LLN status: {summary['patient_status']} ({summary['n_positive']} of {summary['n_nodes']} "
           f"nodes positive{largest}) -> {a.out}")
     return 0
 
 
+def _analyze_dicomweb(a, opts, renderer) -> int:
+    from .dicomweb import analyze_study
+
+    if a.image:
+        raise InputError("give either IMAGE or --dicomweb URL --study UID, not both")
+    if not (a.dicomweb and a.study):
+        raise InputError("--dicomweb URL and --study STUDY_UID go together (--store needs both)")
+    if a.dicom_reference:
+        raise InputError("--dicom-reference is for volume files; a PACS study is DICOM already")
+    if a.store and a.pseudonymize:
+        raise InputError("--store puts results into the patient's study; a pseudonymised export must not go there - "
+                         "drop one of --store and --pseudonymize")
+    summary = analyze_study(a.dicomweb, a.study, a.out, opts, series_uid=a.series, do_store=a.store,
+                            progress=_progress(a.quiet), renderer=renderer)
+    rec = summary["dicomweb"]
+    print(f"patient LLN status: {summary['patient_status']} ({summary['n_positive']} of {summary['n_nodes']} nodes "
+          f"positive) -> {a.out}")
+    if a.store:
+        if rec["failed"]:
+            raise InputError(f"the PACS stored {len(rec['stored'])} and refused {len(rec['failed'])} of the SEG and SR "
+                             f"(refused: {', '.join(rec['failed'])}); the results are in {a.out}")
+        print(f"stored in study {a.study}: {', '.join(rec['stored'])}")
+    return 0
+
+
 def _yesno(v):
     return None if v is None else v == "yes"
+
+
+def cmd_deidentify(a) -> int:
+    from .deidentify import series_folder
+
+    res = series_folder(a.dicom, a.out, a.series)
+    print(f"{res['images']} images of {res['series']} de-identified -> {res['out']}")
+    return 0
 
 
 def cmd_measure(a) -> int:
@@ -174,16 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("analyze", help="find, classify, measure and score lateral lymph nodes")
-    s.add_argument("image", help="NIfTI/NRRD/MHA volume, or a DICOM folder, DICOMDIR or study .zip")
+    s.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA volume, or a DICOM folder, DICOMDIR or study .zip")
+    s.add_argument("--dicomweb", metavar="URL", help="pull the study from this PACS (DICOMweb root); credentials "
+                   "from LLNASSIST_DICOMWEB_USER/PASSWORD or a netrc file, never the command line")
+    s.add_argument("--study", metavar="STUDY_UID", help="with --dicomweb: the study to analyse")
+    s.add_argument("--store", action="store_true", help="with --dicomweb: store the SEG and SR back into the study")
     s.add_argument("--out", required=True)
     s.add_argument("--model", default=None, help="bundled model id or model folder (default: bundled)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--series", help="DICOM SeriesInstanceUID, series number or description: overrides the choice "
                    "of the axial T2 series")
+    s.add_argument("--dicom-reference", metavar="SERIES_DIR",
+                   help="for a volume file: the DICOM series it was made from, which the DICOM SEG and SR reference")
     s.add_argument("--force", action="store_true",
                    help="analyse even what the domain gate refuses; every output is marked out of domain")
     s.add_argument("--patient-name", action="store_true",
                    help="name the patient in summary and report (default: a pseudonymous reference only)")
+    s.add_argument("--pseudonymize", action="store_true",
+                   help="research export: patient name/ID replaced by the site's pseudonym, dates shifted, UIDs "
+                   "replaced, in every output (DICOM PS3.15 basic profile; key: ~/.llnassist/pseudonym.key)")
     s.add_argument("--post-treatment", action="store_true",
                    help="restaging after neoadjuvant therapy: Lateral Node Consortium cut-offs")
     s.add_argument("--sex", choices=["female", "male"],
@@ -252,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parsers(sub, _Parser)
     add_cohort_parsers(sub, _Parser)
     add_model_parsers(sub, _Parser)
+
+    s = sub.add_parser("deidentify", help="write a DICOM series de-identified (the images a --pseudonymize SEG and "
+                       "SR reference)")
+    s.add_argument("dicom", help="DICOM folder, DICOMDIR or study .zip")
+    s.add_argument("--out", required=True)
+    s.add_argument("--series", help="SeriesInstanceUID, number or description (default: the axial T2)")
+    s.set_defaults(func=cmd_deidentify)
 
     s = sub.add_parser("evaluate", help="evaluate a model end to end on labelled cases or unseen phantom seeds")
     s.add_argument("--model", default=None)

@@ -50,6 +50,10 @@ def cmd_batch(a) -> int:
 
     if a.workers < 1:
         raise InputError("--workers must be at least 1")
+    if a.store and not a.dicomweb:
+        raise InputError("--store stores results back into a PACS: give --dicomweb URL")
+    if a.store and a.pseudonymize:
+        raise InputError("--store and --pseudonymize contradict each other (a research export stays out of PACS)")
 
     def progress(msg):
         if not a.quiet:
@@ -104,7 +108,10 @@ def cmd_refit(a) -> int:
 
 def add_parsers(sub, parser_class) -> None:
     s = sub.add_parser("batch", help="analyse every case of a cohort (resumable; local workers or Dask)")
-    s.add_argument("cases", help="CSV with case_id,image (more columns pass through) or a folder of cases")
+    s.add_argument("cases", help="CSV with case_id,image (more columns pass through) or a folder of cases; with "
+                   "--dicomweb a CSV with study_uid[,case_id,series_uid] or 'query:KEY=VALUE&...' (QIDO-RS)")
+    s.add_argument("--dicomweb", metavar="URL", help="the cases are studies on this PACS (DICOMweb root URL)")
+    s.add_argument("--store", action="store_true", help="with --dicomweb: store each study's SEG and SR back")
     s.add_argument("--out", required=True)
     s.add_argument("--workers", type=int, default=1, help="local worker processes (model loaded once each)")
     s.add_argument("--scheduler", help="Dask distributed scheduler address, e.g. tcp://host:8786")
@@ -117,6 +124,7 @@ def add_parsers(sub, parser_class) -> None:
     s.add_argument("--radiomics-engine", choices=["auto", "pyradiomics", "native"], default="auto")
     s.add_argument("--no-report-images", action="store_true")
     s.add_argument("--force", action="store_true")
+    s.add_argument("--pseudonymize", action="store_true", help="research export: no identifiers in any output")
     s.add_argument("--score-file")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_batch)

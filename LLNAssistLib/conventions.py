@@ -85,6 +85,25 @@ STATUS_CODE = {
     "negative": Code("LLN-NEG", PRIVATE_SCHEME, "Lymph node, not suspicious for metastasis"),
 }
 
+# DICOM SR (TID 1500) content: standard codes where DICOM has them ...
+VOLUME_CODE = Code("118565006", "SCT", "Volume")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+UCUM_MM = Code("mm", "UCUM", "mm")
+UCUM_MM3 = Code("mm3", "UCUM", "cubic millimeter")
+UCUM_NO_UNITS = Code("1", "UCUM", "no units")
+# ... and private ones (scheme 99LLNASSIST) for what it has no concept of: the criteria of Yoo et al.
+# (Sci Rep 2025) and Qiao et al. (Front Oncol 2025), the model's call and the radiomics score.
+SR_SIZE_CRITERION = Code("LLN-SIZE", PRIVATE_SCHEME, "Short axis at or above the size cut-off")
+SR_IRREGULAR_BORDER = Code("LLN-BORDER", PRIVATE_SCHEME, "Irregular border")
+SR_HETEROGENEOUS_SIGNAL = Code("LLN-SIGNAL", PRIVATE_SCHEME, "Heterogeneous signal")
+SR_MODEL_STATUS = Code("LLN-DLSTATUS", PRIVATE_SCHEME, "Lymph node status by the model")
+SR_RADIOMICS_SCORE = Code("LLN-RADSCORE", PRIVATE_SCHEME, "Clinical-radiomics score")
+SR_RADIOMICS_PROBABILITY = Code("LLN-RADPROB", PRIVATE_SCHEME, "Clinical-radiomics probability of metastasis")
+SR_PATIENT_STATUS = Code("LLN-PATIENT", PRIVATE_SCHEME, "Lateral lymph node status of the patient")
+SR_CODING_SCHEME_NAME = "LLNAssist private codes"
+
 # --- segment tags (MRML and .seg.nrrd) ----------------------------------------------------------
 # Provenance as QuantitativeReporting records it: who made the segment.
 TAG_KIND = "LLNAssist.Kind"  # "region" or "node"

@@ -21,6 +21,7 @@ class LoadedInput:
     modality: Optional[str] = None
     suggestion: str = ""  # a better series in the same study, for the gate's message
     instance_numbers: list = field(default_factory=list)  # per acquired slice, in the image's k order
+    dicom_headers: list = field(default_factory=list)  # the series' headers in the image's k order (SEG/SR)
 
 
 def _date(text) -> Optional[str]:
@@ -53,4 +54,7 @@ def load(path: str | os.PathLike, series: Optional[str] = None, patient_name: bo
         source["patient_id"] = str(h.get("PatientID") or "") or None
     source["study_date"] = _date(h.get("StudyDate"))
     suggestion = "" if sel.series.plane == "axial" else dicomseries.axial_suggestion(all_series)
-    return LoadedInput(image, source, sel.series.modality, suggestion, list(sel.series.instance_numbers))
+    from .dicom_out import read_headers
+
+    return LoadedInput(image, source, sel.series.modality, suggestion, list(sel.series.instance_numbers),
+                       read_headers(sel.series.files))

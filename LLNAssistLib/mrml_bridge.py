@@ -45,6 +45,7 @@ ATTR_PATIENT_STATUS = "LLNAssist.PatientStatus"
 ATTR_MODEL_NOTICE = "LLNAssist.ModelNotice"
 ATTR_OUT_OF_DOMAIN = "LLNAssist.OutOfDomain"  # the --force notice of summary.json, when there is one
 ATTR_HIGHEST_ID = "LLNAssist.HighestNodeId"
+ATTR_MODEL = "LLNAssist.Model"  # summary.json's model record (JSON), for the DICOM export's provenance
 
 # Keep the application logic of scenes made here alive as long as the scene (VTK would free it).
 _APP_LOGICS: dict = {}
@@ -419,6 +420,8 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     notice = summary.get("domain", {}).get("notice")
     if notice:
         seg.SetAttribute(ATTR_OUT_OF_DOMAIN, notice)
+    if summary.get("model"):
+        seg.SetAttribute(ATTR_MODEL, json.dumps(summary["model"]))
     nodes = json.loads((d / "nodes.json").read_text(encoding="utf-8"))
     # summary.json is written last (it marks a complete result); the report renders before it.
     status = "positive" if any(n["dl_status"] == "positive" for n in nodes) else "negative"
@@ -437,6 +440,37 @@ def load_results(scene, result_dir: str | os.PathLike, volume_node) -> SceneResu
     seg.SetAttribute(ATTR_PATIENT_STATUS, status)
     seg.SetAttribute(ATTR_HIGHEST_ID, str(max([n["node_id"] for n in nodes], default=0)))
     return SceneResults(volume_node, seg, table, axis_lines(scene), status)
+
+
+def load_dicom_seg(scene, path: str | os.PathLike, volume_node, name: str = "LLNAssist segmentation (DICOM)"):
+    """A DICOM SEG (LLNAssist's, or another tool's) as a segmentation node on `volume_node`: one
+    segment per SEG segment, named, coloured and tagged as LLNAssist's own. Read with highdicom
+    (slicer-core has no SEG reader) and placed on the volume's grid."""
+    from . import dicom_out
+
+    segments = dicom_out.read_seg(path, volume_to_sitk(volume_node))
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    seg_node.CreateDefaultDisplayNodes()
+    for s in segments:
+        if s["kind"] == "node" and s["node_id"] is not None and s["status"]:
+            sid = seg_node.GetSegmentation().AddEmptySegment(f"node_{s['node_id']}", s["label"])
+            set_segment_mask(seg_node, sid, s["mask"], volume_node)
+            _style_node_segment(seg_node, sid, s["node_id"], s["status"], s["side"] or "", s["region"] or "",
+                                s["provenance"], s["mask"])
+        elif s["kind"] == "region" and s["region"] and s["side"]:
+            sid = seg_node.GetSegmentation().AddEmptySegment(f"region_{s['region']}_{s['side']}", s["label"])
+            set_segment_mask(seg_node, sid, s["mask"], volume_node)
+            seg = seg_node.GetSegmentation().GetSegment(sid)
+            seg.SetColor(*[c / 255 for c in C.LABEL_COLORS[C.REGION_LABEL_FROM_CODE[s["region"]]]])
+            seg.SetTag(C.TAG_KIND, "region")
+            seg.SetTag(C.TAG_PROVENANCE, s["provenance"])
+            seg.SetTag("TerminologyEntry", _terminology_string(s["region"], s["side"]))
+            _set_region_display(seg_node, sid)
+        else:  # another tool's segment: kept, as a manual segment Recompute will name
+            sid = seg_node.GetSegmentation().AddEmptySegment("", s["label"])
+            set_segment_mask(seg_node, sid, s["mask"], volume_node)
+    return seg_node
 
 
 def _set_region_display(seg_node, segment_id: str) -> None:
@@ -685,6 +719,89 @@ def save_reviewed_case(scene, volume_node, seg_node, folder: str | os.PathLike, 
         sitk.WriteImage(img, str(tmp), True)
     mrb = save_mrb(scene, folder / "case.mrb")
     return {"mrb": str(mrb), "labels": str(folder / "labels.nii.gz"), "reviewed_by": reviewed_by(seg_node)}
+
+
+def scene_result(scene, volume_node, seg_node, reader: Optional[str] = None, post_treatment: bool = False,
+                 radiomics: bool = True, radiomics_engine: str = "auto"):
+    """The scene's current (corrected) result as the one value the writers take
+    (results.AnalysisResult): regions and nodes from the segments, each node's id, status and
+    provenance from its tags (a model segment the user changed is semi-automatic, one without
+    LLNAssist tags manual), the reader as the observer."""
+    from . import inputs
+    from .body import body_mask
+    from .imageio import to_axial_canonical
+    from .nodes import extract_nodes, patient_status
+    from .pipeline import _region_side_volume, versions
+    from .radiomics import node_radiomics
+    from .results import AnalysisResult
+
+    image = volume_to_sitk(volume_node)
+    labels_arr = labels_from_segmentation(seg_node, volume_node)  # refuses segments that are not labels
+    regions = np.where(np.isin(labels_arr, C.REGION_LABELS), labels_arr, 0).astype(np.uint8)
+    instances = np.zeros(labels_arr.shape, np.int32)
+    statuses, ids, prov, masks = {}, {}, {}, {}
+    for k, sid in enumerate(node_segment_ids(seg_node), start=1):
+        seg = seg_node.GetSegmentation().GetSegment(sid)
+        mask = segment_mask(seg_node, sid, volume_node)
+        if not mask.any():
+            continue
+        instances[mask], masks[k] = k, mask
+        statuses[k] = _tag(seg, C.TAG_STATUS) or None
+        ids[k] = _tag(seg, C.TAG_NODE_ID)
+        p = _tag(seg, C.TAG_PROVENANCE) or C.PROVENANCE_MANUAL
+        if p == C.PROVENANCE_AUTOMATIC and _tag(seg, C.TAG_MASK_HASH) not in ("", _mask_hash(mask)):
+            p = C.PROVENANCE_SEMI_AUTOMATIC
+        prov[k] = p
+    if any(not ids[k].isdigit() or not statuses[k] for k in ids):
+        raise InputError("a node segment has no LLNAssist id or status yet; press Recompute first")
+
+    def as_img(arr):
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(image)
+        return out
+
+    nodes = extract_nodes(as_img(regions), image, post_treatment, min_volume_mm3=0.0, instances=as_img(instances),
+                          statuses={k: v for k, v in statuses.items() if v}) if ids else []
+    for n in nodes:
+        n.node_id = int(ids[n.instance])
+        if radiomics:
+            n.radiomics = node_radiomics(image, as_img(masks[n.instance].astype(np.uint8)), label=1,
+                                         engine=radiomics_engine)
+    nodes.sort(key=lambda q: q.node_id)
+    labels = as_img(labels_arr)
+    canon = to_axial_canonical(image)
+    body = body_mask(sitk.GetArrayViewFromImage(canon))
+    lab_canon = sitk.GetArrayFromImage(to_axial_canonical(labels))
+    left = _region_side_volume(lab_canon, canon, body)
+    model = json.loads(seg_node.GetAttribute(ATTR_MODEL) or "{}")
+    summary = {"patient_status": patient_status(nodes), "n_nodes": len(nodes),
+               "n_positive": sum(n.dl_status == "positive" for n in nodes), "model": model,
+               "domain": ({"notice": seg_node.GetAttribute(ATTR_OUT_OF_DOMAIN)}
+                          if seg_node.GetAttribute(ATTR_OUT_OF_DOMAIN) else {}),
+               "corrected_by": reader, "versions": versions()}
+    source = inputs.LoadedInput(image, {"kind": "scene", "volume": volume_node.GetName()})
+    result = AnalysisResult(image, canon, labels, lab_canon, left, nodes, summary, {}, source,
+                            observer={"reader": reader} if reader else None)
+    result.extra["provenance"] = {int(ids[k]): prov[k] for k in ids}
+    return result
+
+
+def export_dicom(scene, volume_node, seg_node, reference_files: list, folder: str | os.PathLike,
+                 reader: str, **kw) -> dict:
+    """The corrected result as DICOM SEG + SR in `folder` (for Slicer's DICOM database), referencing
+    the series the volume was loaded from (`reference_files`, any order), the reader as observer."""
+    from . import dicom_out
+
+    if not reader or not reader.strip():
+        raise InputError("give your reader id: the SEG and SR name who corrected the result")
+    result = scene_result(scene, volume_node, seg_node, reader.strip(), **kw)
+    result.source.dicom_headers = dicom_out.headers_for_grid(reference_files, result.image)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = dicom_out.write(result, folder)
+    if not info or not info.get("written"):
+        raise InputError(f"no DICOM SEG/SR written: {result.summary['dicom']['reason']}")
+    return info
 
 
 def load_mrb(path: str | os.PathLike, cache_dir: Optional[str] = None):

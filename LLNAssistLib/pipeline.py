@@ -1,14 +1,11 @@
-"""analyze(): image -> segmentation -> nodes -> measurements -> radiomics -> outputs (atomically).
+"""analyze(): image -> segmentation -> nodes -> measurements -> radiomics -> one result value, which
+writers.py turns into every output (atomically).
 
 Also the file-level entry points behind `llnassist measure` and `llnassist radiomics`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -20,9 +17,8 @@ import SimpleITK as sitk
 
 from . import __version__
 from . import conventions as C
-from .atomic import staged_directory
 from .errors import InputError
-from .imageio import check_volume, from_canonical, index_to_ras, read_image, same_geometry, to_axial_canonical
+from .imageio import check_volume, index_to_ras, read_image, same_geometry, to_axial_canonical
 
 Progress = Callable[..., None]
 
@@ -42,6 +38,9 @@ class AnalysisOptions:
     score_file: Optional[str] = None  # a site's refitted radiomics score (llnassist cohort refit)
     reuse_model: bool = False  # keep the loaded model for the next analysis in this process (batch)
     patient_name: bool = False  # name the patient (not only the pseudonymous reference) in the outputs
+    dicom_reference: Optional[str] = None  # the DICOM series a volume-file input was made from (SEG/SR reference)
+    source_label: Optional[str] = None  # where the input came from when not a user's path (a DICOMweb study)
+    pseudonymize: bool = False  # research export: no identifiers in any output (deidentify.py)
 
 
 def _noop(*_a, **_k):
@@ -102,17 +101,21 @@ def _region_side_volume(labels_canon_arr: np.ndarray, canon: sitk.Image, body: n
     return left
 
 
-def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progress: Progress = _noop) -> dict:
+def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progress: Progress = _noop,
+            renderer: Optional[Callable] = None) -> dict:
     """The whole job; every output is published together, or nothing is. Refuses (domain.OutOfDomain)
-    what the model cannot read, before and after the model, unless opts.force."""
+    what the model cannot read, before and after the model, unless opts.force. `renderer` makes the
+    report's key images (keyimages.py: the CLI and batch hand in `best_available`); without one the
+    report has none."""
     opts = opts or AnalysisOptions()
-    from . import domain, inputs
+    from . import dicom_out, domain, inputs, writers
     from .atomic import check_output_folder
     from .model.inference import load_model, segment
     from .nodes import extract_nodes, patient_status
+    from .results import AnalysisResult
 
     out_dir = Path(out_dir)
-    check_output_folder(out_dir, OUTPUT_FILES, inputs=[Path(image_path)])
+    check_output_folder(out_dir, writers.OUTPUT_FILES, inputs=[Path(image_path)])
     score_model = None
     if opts.score_file:
         from .radiomics import load_score_file
@@ -123,6 +126,20 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
     progress("load", 0.0, "reading image")
     inp = inputs.load(image_path, series=opts.series, patient_name=opts.patient_name)
     image = inp.image
+    if opts.pseudonymize and opts.patient_name:
+        raise InputError("--pseudonymize and --patient-name contradict each other; choose one")
+    if opts.source_label:
+        inp.source["folder"] = opts.source_label
+    if opts.dicom_reference:  # checked before the long work
+        if inp.dicom_headers:
+            raise InputError("--dicom-reference is for volume files; this input is a DICOM series, which the DICOM "
+                             "outputs reference themselves - drop --dicom-reference")
+        inp.dicom_headers = dicom_out.reference_headers(opts.dicom_reference, image)
+    if opts.pseudonymize:
+        from . import deidentify
+
+        inp.source = deidentify.source_record(inp.source, inp.dicom_headers)
+        inp.dicom_headers = [deidentify.dataset(h) for h in inp.dicom_headers]
     from .body import body_mask
 
     # the canonical image and body mask serve the gate, the node measurement and the side of regions
@@ -194,116 +211,9 @@ def analyze(image_path, out_dir, opts: Optional[AnalysisOptions] = None, progres
         summary["domain"]["notice"] = C.OUT_OF_DOMAIN_NOTICE + ": " + "; ".join(reasons)
     if opts.sex is not None and opts.neoadjuvant_radiotherapy is not None:
         summary["clinical"] = {"sex": opts.sex, "neoadjuvant_radiotherapy": opts.neoadjuvant_radiotherapy}
-    _write_outputs(out_dir, image, image_canon, labels, lab_arr, nodes, summary, timings, opts, t,
-                   progress, left, inp)
-    return summary
-
-
-# Every file `analyze` writes: an output folder may hold these and nothing else (atomic.check_output_folder).
-OUTPUT_FILES = ("labels.nii.gz", "nodes.csv", "nodes.json", "segmentation.seg.nrrd", "report.html", "summary.json")
-
-
-def nodes_csv(nodes, domain_notice: str = "") -> str:
-    """The node table; a result forced past the domain gate starts with a '#' line saying so."""
-    buf = io.StringIO()
-    if domain_notice:
-        buf.write("# " + domain_notice.replace("\n", " ") + "\n")
-    w = csv.DictWriter(buf, fieldnames=list(C.NODES_CSV_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for n in nodes:
-        w.writerow(n.row())
-    return buf.getvalue()
-
-
-def node_details(n, canon: sitk.Image) -> dict:
-    d = n.row()
-    d.update({
-        "criteria": n.criteria, "border_irregularity": n.border_irregularity,
-        "signal_heterogeneity": n.signal_heterogeneity, "positive_voxel_fraction": n.positive_fraction,
-        "long_axis_ras": index_to_ras(canon, n.axes.long_ends_ijk).round(3).tolist(),
-        "short_axis_ras": index_to_ras(canon, n.axes.short_ends_ijk).round(3).tolist(),
-        "radiomics_features": n.radiomics.get("features", {}),
-    })
-    for k in ("clinical_radiomics_score", "clinical_radiomics_probability", "radiomics_positive"):
-        if k in n.radiomics:
-            d[k] = n.radiomics[k]
-    d["key_slice_ras_s"] = round(float(np.mean(np.array(d["long_axis_ras"])[:, 2])), 3)
-    return d
-
-
-def slice_names(nodes, image: sitk.Image, image_canon: sitk.Image, inp) -> dict:
-    """Where each node's key image is, as the viewer numbers it: the DICOM image (instance) number
-    in its series, or the slice number (1-based) of a volume file along its acquired slice axis."""
-    from .domain import acquisition_axis
-
-    axis = acquisition_axis(image)
-    n_slices = image.GetSize()[axis]
-    series = inp.source.get("series_number")
-    out = {}
-    for n in nodes:
-        centre = np.mean(n.axes.long_ends_ijk, axis=0)
-        lps = image_canon.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre])
-        k = int(round(image.TransformPhysicalPointToContinuousIndex(lps)[axis]))
-        numbers = inp.instance_numbers
-        if numbers and 0 <= k < len(numbers) and numbers[k]:
-            out[n.node_id] = f"image {numbers[k]}" + (f" of series {series}" if series is not None else "")
-        else:
-            out[n.node_id] = f"slice {k + 1} of {n_slices}"
-    return out
-
-
-def _key_images(image, stage: Path, nodes, img_arr, lab_arr, spacing):
-    """Key images from real Slicer slice views (slicer-core, offscreen EGL) when available, else
-    matplotlib. LLNASSIST_KEY_IMAGES=matplotlib forces the latter."""
-    from . import report
-
-    why = "LLNASSIST_KEY_IMAGES=matplotlib"
-    if os.environ.get("LLNASSIST_KEY_IMAGES", "slicer") != "matplotlib":
-        try:
-            from . import mrml_bridge
-
-            images, overview = mrml_bridge.report_images(image, stage)
-            return images, overview, "slicer slice view (offscreen)"
-        except ImportError:
-            why = "slicer-core not installed"
-        except Exception as exc:  # no EGL/GL on this machine: the report still gets images
-            why = f"slicer rendering failed: {exc.__class__.__name__}"
-    images = {n.node_id: report.key_image(img_arr, lab_arr, n, spacing) for n in nodes}
-    k = max(nodes, key=lambda q: q.short_axis_mm).axes.key_slice if nodes else lab_arr.shape[0] // 2
-    return images, report.overview_image(img_arr, lab_arr, k, spacing), f"matplotlib ({why})"
-
-
-def _write_outputs(out_dir: Path, image, image_canon, labels, lab_arr, nodes, summary, timings, opts, t_write,
-                   progress, left, inp):
-    from . import report, segfile
-    from .imageio import write_image
-
-    img_arr = sitk.GetArrayFromImage(image_canon).astype(np.float32)
-    spacing = image_canon.GetSpacing()
-    notice = summary["domain"].get("notice", "")
-    with staged_directory(out_dir, marker="summary.json") as stage:
-        write_image(labels, stage / "labels.nii.gz")
-        (stage / "nodes.csv").write_text(nodes_csv(nodes, notice), encoding="utf-8")
-        names = slice_names(nodes, image, image_canon, inp)
-        details = [{**node_details(n, image_canon), "key_image": names[n.node_id]} for n in nodes]
-        (stage / "nodes.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
-        present = {(C.REGION_CODE[r], s) for r in C.REGION_LABELS for s in C.SIDES
-                   if ((lab_arr == r) & (left == (s == "left"))).any()}
-        specs = segfile.segments_for(nodes, present, {C.TAG_OUT_OF_DOMAIN: notice} if notice else None)
-        ids = segfile.segment_id_volume(lab_arr, [(n.node_id, n.voxels) for n in nodes], left, specs)
-        segfile.write_segmentation(stage / "segmentation.seg.nrrd", from_canonical(ids, image_canon, image), specs)
-        images = {}
-        overview = None
-        if opts.key_images:
-            images, overview, summary["key_image_renderer"] = _key_images(image, stage, nodes, img_arr, lab_arr,
-                                                                          spacing)
-        timings["write"] = time.perf_counter() - t_write
-        summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        summary["timings_s"]["total"] = round(sum(timings.values()), 3)
-        (stage / "report.html").write_text(report.build_html(summary, nodes, images, overview, names),
-                                           encoding="utf-8")
-        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    progress("done", 1.0, str(out_dir))
+    result = AnalysisResult(image, image_canon, labels, lab_arr, left, nodes, summary, timings, inp)
+    return writers.publish(result, out_dir, renderer=renderer if opts.key_images else None, progress=progress,
+                           t_write=t)
 
 
 # --- file-level commands --------------------------------------------------------------------------

@@ -47,9 +47,11 @@ def terminology_json() -> dict:
     }
 
 
-def segments_for(nodes, region_side: dict, extra_tags: Optional[dict] = None) -> list[dict]:
+def segments_for(nodes, region_side: dict, extra_tags: Optional[dict] = None,
+                 provenance: Optional[dict] = None) -> list[dict]:
     """Segment specs: (id, name, colour 0-1, terminology, tags, label value in the segment-id volume).
-    `extra_tags` go on every segment (the out-of-domain mark)."""
+    `extra_tags` go on every segment (the out-of-domain mark); `provenance` maps a node id to how its
+    segment was made (default: automatic, the model's)."""
     specs = []
     value = 1
     for (region, side) in sorted(region_side):
@@ -66,7 +68,7 @@ def segments_for(nodes, region_side: dict, extra_tags: Optional[dict] = None) ->
                       "color": [c / 255 for c in C.LABEL_COLORS[label]], "terminology": terminology(n.region, n.side),
                       "tags": {C.TAG_KIND: "node", C.TAG_STATUS: n.dl_status,
                                C.TAG_STATUS_CODE: C.STATUS_CODE[n.dl_status].value, C.TAG_NODE_ID: str(n.node_id),
-                               C.TAG_PROVENANCE: C.PROVENANCE_AUTOMATIC}})
+                               C.TAG_PROVENANCE: (provenance or {}).get(n.node_id, C.PROVENANCE_AUTOMATIC)}})
         value += 1
     for spec in specs:
         spec["tags"].update(extra_tags or {})

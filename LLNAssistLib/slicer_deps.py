@@ -25,6 +25,7 @@ from typing import Callable, Optional
 EDIT_PACKAGES = {"skimage": "scikit-image>=0.21"}
 ANALYSIS_PACKAGES = {"skimage": "scikit-image>=0.21", "slicerio": "slicerio>=1.1", "nrrd": "pynrrd>=1.0",
                      "matplotlib": "matplotlib>=3.7", "psutil": "psutil>=5.9", "pydicom": "pydicom>=2.4"}
+HIGHDICOM_REQUIREMENT = "highdicom>=0.24"
 # Newest torch release this version of LLNAssist was tested with (the project's own environment).
 TORCH_TESTED_BELOW = "2.14"
 
@@ -131,6 +132,8 @@ def plan(for_edit: bool = False, python: tuple = tuple(sys.version_info[:2]),
         monai_req = monai_requirement(python)
         if monai_v is None or not satisfies(monai_v, monai_req[len("monai"):]):
             packages["monai"] = monai_req
+        if python >= (3, 10):  # DICOM SEG and SR (highdicom's volume API needs 3.10; on 3.9 they are skipped)
+            packages["highdicom"] = HIGHDICOM_REQUIREMENT
     p.pip = [req for mod, req in packages.items() if mod == "monai" or not found(mod)]
     if p.pip and torch_v is not None:
         p.pip.append(f"torch=={torch_v}")  # so no dependency can swap the installed (e.g. CUDA) build

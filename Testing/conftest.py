@@ -92,3 +92,14 @@ def loaded(analyzed, small_case):
     vol = B.load_volume(scene, small_case / "image.nii.gz")
     res = B.load_results(scene, out, vol)
     return scene, vol, res, out
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real PACS: Debian's Orthanc with the DICOMweb plugin on localhost (its own storage folder and
+    a test user), as the PostgreSQL tests start their server; stopped at the end of the session."""
+    from pacs import Orthanc
+
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()

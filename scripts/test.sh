@@ -32,5 +32,13 @@ if ! command -v Rscript >/dev/null 2>&1 || ! Rscript -e 'library(survival); libr
       || echo "warning: could not install R; the cohort statistics tests will fail" >&2
   fi
 fi
+# DICOM outputs are validated by dciodvfy (dicom3tools); the DICOMweb tests run a real PACS (Orthanc).
+if { ! command -v dciodvfy >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1 || \
+     [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } && [ "$(id -u)" = 0 ] && \
+     command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's dicom3tools, orthanc and orthanc-dicomweb for the DICOM tests..." >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools orthanc \
+    orthanc-dicomweb >/dev/null) || echo "warning: could not install them; the DICOM tests will fail" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q Testing "$@"
