@@ -300,8 +300,11 @@ def write(result, folder: Path) -> Optional[dict]:
         result.summary["dicom"] = {"written": False, "reason": "highdicom is not installed (it needs Python 3.10 or "
                                    "newer); the other outputs are complete"}
         return None
+    import time
+
     import highdicom as hd
 
+    t0 = time.perf_counter()
     specs, ids = segment_specs(result)
     tracking = {str(n.node_id): hd.UID() for n in result.nodes}
     seg = build_seg(result, headers, specs, ids, tracking)
@@ -320,7 +323,8 @@ def write(result, folder: Path) -> Optional[dict]:
             "seg": {"file": SEG_FILE, "series_instance_uid": str(seg.SeriesInstanceUID),
                     "sop_instance_uid": str(seg.SOPInstanceUID), "segments": len(specs)},
             "sr": {"file": SR_FILE, "series_instance_uid": str(sr.SeriesInstanceUID),
-                   "sop_instance_uid": str(sr.SOPInstanceUID), "measurement_groups": len(result.nodes) + 1}}
+                   "sop_instance_uid": str(sr.SOPInstanceUID), "measurement_groups": len(result.nodes) + 1},
+            "write_s": round(time.perf_counter() - t0, 3)}
     result.summary["dicom"] = info
     return info
 

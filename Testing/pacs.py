@@ -33,6 +33,7 @@ class Orthanc:
         exe = shutil.which("Orthanc")
         if exe is None or not Path(PLUGIN).is_file():
             raise RuntimeError("Debian's orthanc and orthanc-dicomweb are needed (scripts/test.sh installs them)")
+        self.folder.mkdir(parents=True, exist_ok=True)
         cfg = {"Name": "LLNTEST", "StorageDirectory": str(self.folder / "storage"),
                "IndexDirectory": str(self.folder / "index"), "HttpPort": self.port, "DicomServerEnabled": False,
                "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
