@@ -190,3 +190,22 @@ def test_installed_models_are_listed_run_by_id_and_held_to_their_checksums(site_
     assert "removed" in run_cli("models", "remove", "site-foreign", check_rc=0).stdout
     assert "cannot be removed" in run_cli("models", "remove", "llnassist-phantom-dynunet25d", check_rc=2).stderr
     assert "site-foreign" not in run_cli("models", "list", check_rc=0).stdout
+
+
+def test_skipped_tiles_leave_every_voxel_in_the_box_as_nnunet_computes_it(site_model):
+    """The speed-up's mechanism: tiles wholly outside the box are not computed, and inside the box
+    the labels are those of the full sliding window (every voxel keeps every tile over it)."""
+    from LLNAssistLib.nnunet import model as M
+
+    folder, d = site_model
+    image = sitk.ReadImage(str(d / "unseen" / "image.nii.gz"))
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing = list(image.GetSpacing())[::-1]
+    m = M.load(folder, "cpu")
+    full = tuple(slice(0, n) for n in arr.shape)
+    box = (full[0], slice(0, arr.shape[1] // 8), slice(0, arr.shape[2] // 2))  # a corner
+    stats = {}
+    part = M._predict_box(arr, spacing, box, m, None, {}, stats)
+    whole = M._predict_box(arr, spacing, full, m, None, {}, {})
+    assert stats["tiles_skipped"] > 0
+    assert np.array_equal(part[box], whole[box])

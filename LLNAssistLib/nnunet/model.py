@@ -7,9 +7,11 @@ configuration's spacing, labels mapped by name to the conventions' values (or th
 (`llnassist.json`) when there is one. Checkpoints load with `weights_only=True` and a numpy
 allow-list (model/checkpoint.py), never by unrestricted unpickling.
 
-The run gives nnU-Net's own labels, faster: nnU-Net's normalisation on the whole image (the same
-statistics), then only the body's bounding box is resampled, predicted (nnU-Net's sliding window
-and fold ensemble, half-precision logits) and resampled back; everything outside it is background.
+The run gives nnU-Net's own labels, faster: nnU-Net's own preprocessing of the whole image, then
+its sliding window and fold ensemble with the tiles that lie wholly outside the body's bounding box
+(+10 mm) skipped. Every voxel inside the box still gets every tile nnU-Net puts over it, so its
+logits are nnU-Net's; voxels no computed tile covers (air) are background. When the model calls
+anything at the box's edge, the whole image is predicted, exactly as nnU-Net does.
 """
 
 from __future__ import annotations
@@ -124,7 +126,6 @@ def load(folder: Path, device: str = "auto") -> NnunetModel:
     except ImportError:
         raise InputError("this is an nnU-Net model; running it needs nnunetv2 (`pip install nnunetv2==2.6.0 "
                          "torch==<your torch version>` in one command)") from None
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -154,7 +155,7 @@ def load(folder: Path, device: str = "auto") -> NnunetModel:
     except RuntimeError:
         raise InputError(f"model {folder.name}: its checkpoints do not fit the network its plans.json describes") \
             from None
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=dev,
+    predictor = _predictor_class()(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=dev,
                                 perform_everything_on_device=dev.type == "cuda", verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, cm, params, dataset_json, "nnUNetTrainerNoMirroring",
@@ -176,9 +177,45 @@ def _box(body: np.ndarray, spacing_zyx, margin_mm: float) -> tuple:
     return tuple(out)
 
 
+def _predictor_class():
+    """nnU-Net's predictor, able to skip the sliding-window tiles that lie wholly outside a box of
+    the preprocessed image. Every voxel inside the box is still covered by every tile nnU-Net would
+    put over it, so its logits are nnU-Net's own; only tiles over air are not computed."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class BoxPredictor(nnUNetPredictor):
+        keep_box = None  # slices of the preprocessed (resampled) image, or None: every tile
+        keep_shape = None  # the image size the box refers to (nnU-Net pads images smaller than a patch)
+        skipped = 0  # tiles left out by the last prediction
+
+        def _internal_get_sliding_window_slicers(self, image_size):
+            slicers = super()._internal_get_sliding_window_slicers(image_size)
+            box, shape = self.keep_box, tuple(self.keep_shape or ())
+            if box is None or len(shape) != len(image_size) or any(n < k for n, k in zip(image_size, shape)):
+                return slicers
+            # nnU-Net pads an image smaller than a patch evenly on both sides: the box moves with it
+            box = tuple(slice(b.start + (n - k) // 2, b.stop + (n - k) // 2) for b, n, k in zip(box, image_size, shape))
+            kept = [sl for sl in slicers if _tile_meets_box(sl[1:], box)]
+            self.skipped += len(slicers) - len(kept)
+            return kept
+
+    return BoxPredictor
+
+
+def _tile_meets_box(tile: tuple, box: tuple) -> bool:
+    for t, b in zip(tile, box):
+        if isinstance(t, (int, np.integer)):  # a 2D configuration's slice index
+            if not b.start <= t < b.stop:
+                return False
+        elif t.stop <= b.start or t.start >= b.stop:
+            return False
+    return True
+
+
 def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel, progress, timings: dict,
                  stats: dict) -> np.ndarray:
-    """nnU-Net's labels (its own values) inside `box` of the raw (z, y, x) array; 0 elsewhere."""
+    """nnU-Net's labels (its own values) on the raw (z, y, x) array, tiles computed only where they
+    meet `box` (the whole image when `box` covers it); outside every computed tile: background."""
     import torch
     from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -190,23 +227,43 @@ def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel,
     data = arr[None].transpose([0, *[i + 1 for i in tf]])
     sp_t = [spacing[i] for i in tf]
     box_t = [box[i] for i in tf]
-    # nnU-Net's crop to the non-zero region and its normalisation, on the whole image
+    full = all(b.start == 0 and b.stop == n for b, n in zip(box_t, data.shape[1:]))
+    # nnU-Net's own preprocessing of the whole image: crop to non-zero, normalise, resample
     data, seg, bbox = crop_to_nonzero(data, None)
     data = model.preprocessor._normalize(data, seg, cm, pm.foreground_intensity_properties_per_channel)
-    sub_sl = tuple(slice(max(b.start, lo) - lo, min(b.stop, hi) - lo) for b, (lo, hi) in zip(box_t, bbox))
-    sub = np.ascontiguousarray(data[(slice(None),) + sub_sl])
-    del data, seg
+    del seg
     target = cm.spacing if len(cm.spacing) == 3 else [sp_t[0], *cm.spacing]
-    x = cm.resampling_fn_data(sub, compute_new_shape(sub.shape[1:], sp_t, target), sp_t, target)
+    new_shape = compute_new_shape(data.shape[1:], sp_t, target)
+    x = cm.resampling_fn_data(data, new_shape, sp_t, target)
+    cropped_shape = data.shape[1:]
+    del data
+    rbox = None
+    if not full:  # the box in the resampled image, one voxel wider on each side
+        rbox = []
+        for b, (lo, hi), n_old, n_new in zip(box_t, bbox, cropped_shape, new_shape):
+            r = n_new / n_old
+            start, stop = max(b.start, lo) - lo, min(b.stop, hi) - lo
+            rbox.append(slice(max(0, int(np.floor(start * r)) - 1), min(n_new, int(np.ceil(stop * r)) + 1)))
+        rbox = tuple(rbox)
+    pred.keep_box, pred.keep_shape, pred.skipped = rbox, tuple(x.shape[1:]), 0
     timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
     t1 = time.perf_counter()
     if progress:
         progress("inference", 0.05, f"{len(pred.list_of_parameters)} fold(s), {tuple(x.shape[1:])} voxels")
-    with torch.inference_mode():
-        logits = pred.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(x, np.float32)))
+    try:
+        with torch.inference_mode():
+            logits = pred.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(x, np.float32)))
+            uncovered = torch.isnan(logits[0])
+            if bool(uncovered.any()):  # no tile computed there (air): background
+                logits[:, uncovered] = 0.0
+                logits[0][uncovered] = 10.0
+    finally:
+        pred.keep_box = pred.keep_shape = None
+    del x
+    stats["tiles_skipped"] = pred.skipped
     timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - t1
     t2 = time.perf_counter()
-    logits = torch.as_tensor(cm.resampling_fn_probabilities(logits, sub.shape[1:], target, sp_t))
+    logits = torch.as_tensor(cm.resampling_fn_probabilities(logits, cropped_shape, target, sp_t))
     lab_sub = lm.convert_logits_to_segmentation(logits)
     lab_sub = lab_sub.cpu().numpy() if isinstance(lab_sub, torch.Tensor) else np.asarray(lab_sub)
     fg = torch.as_tensor(lab_sub > 0)
@@ -218,7 +275,7 @@ def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel,
     else:
         stats["foreground_entropy"] = float("nan")
     full_t = np.zeros(tuple(arr.shape[i] for i in tf), np.uint8)
-    full_t[tuple(slice(lo + s.start, lo + s.stop) for (lo, _), s in zip(bbox, sub_sl))] = lab_sub
+    full_t[tuple(slice(lo, hi) for lo, hi in bbox)] = lab_sub
     timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t2
     return full_t.transpose(pm.transpose_backward)
 
@@ -248,8 +305,10 @@ def segment(image: sitk.Image, model: NnunetModel, progress: Optional[Callable] 
     full = tuple(slice(0, n) for n in arr.shape)
     box = _box(body_mask(arr), spacing, BODY_MARGIN_MM) if CROP_TO_BODY else full
     lab = _predict_box(arr, spacing, box, model, progress, timings, stats)
-    stats["cropped_to_body"] = box != full
-    if box != full and _touches_box_edge(lab, box):
+    stats["cropped_to_body"] = bool(stats.get("tiles_skipped"))
+    # Inside the box every voxel is nnU-Net's own; outside it, skipped tiles could have mattered only
+    # if the model calls something there.
+    if stats.get("tiles_skipped") and _touches_box_edge(lab, box):
         stats["cropped_to_body"] = False
         stats["crop_fallback"] = True
         lab = _predict_box(arr, spacing, full, model, progress, timings, stats)
