@@ -179,8 +179,12 @@ def build_seg(result, headers: list, specs: list, ids: sitk.Image, tracking: dic
 
 
 def _reader_name(result) -> Optional[str]:
+    """The reader id as a DICOM person name: a one-part id gets the trailing caret that marks it as
+    the family-name component on purpose."""
     reader = (result.observer or {}).get("reader")
-    return reader[:64] if reader else None
+    if not reader:
+        return None
+    return reader[:63] if "^" in reader else reader[:63] + "^"
 
 
 def _content_description(result) -> str:

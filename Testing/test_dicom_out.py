@@ -191,7 +191,7 @@ def test_a_corrected_result_exports_as_seg_and_sr_with_the_reader_as_observer(st
     for name in ("segmentation.seg.dcm", "report.sr.dcm"):
         assert _dciodvfy(tmp_path / "export" / name) == [], name
     seg = hd.seg.segread(str(tmp_path / "export" / "segmentation.seg.dcm"))
-    assert seg.ContentCreatorName == "R7"
+    assert seg.ContentCreatorName.family_name == "R7"
     algo = {d.TrackingID: d.SegmentAlgorithmType for d in seg.SegmentSequence if "TrackingID" in d}
     assert algo[f"node {edited['node_id']}"] == "SEMIAUTOMATIC"
     assert algo[f"node {flipped['node_id']}"] == ("AUTOMATIC" if flipped["node_id"] != edited["node_id"]
@@ -199,7 +199,7 @@ def test_a_corrected_result_exports_as_seg_and_sr_with_the_reader_as_observer(st
     sr = hd.sr.srread(str(tmp_path / "export" / "report.sr.dcm"))
     report = MeasurementReport.from_sequence([sr])
     observer = report.get_observer_contexts()[0]
-    assert str(observer.observer_identifying_attributes.name) == "R7"
+    assert observer.observer_identifying_attributes.name.family_name == "R7"
     status = {g.tracking_identifier: {q.name.value: q.value.value for q in g.get_qualitative_evaluations()}
               for g in report.get_volumetric_roi_measurement_groups()}
     assert status[f"node {flipped['node_id']}"][C.SR_MODEL_STATUS.value] == C.STATUS_CODE[new_status].value
