@@ -47,7 +47,7 @@ t2 = time.perf_counter()
 np.save(out, seg.astype(np.uint8))
 print(json.dumps({"load_s": t1 - t0, "predict_s": t2 - t1,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "cropped": stats.get("cropped_to_body"), "fallback": stats.get("crop_fallback", False)}))
+                  "cropped": stats.get("cropped_to_body"), "edge": stats.get("foreground_at_box_edge", False)}))
 '''
 
 
@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--seed", type=int, default=930500)
+    ap.add_argument("--spacing", type=float, default=None,
+                    help="in-plane pixel size in mm (default: the phantom's own); 1.3 gives a 500 mm field of view")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nnunet_cpu2.txt"))
     a = ap.parse_args()
@@ -65,7 +67,8 @@ def main() -> int:
     from LLNAssistLib import phantom
 
     work = Path(tempfile.mkdtemp(prefix="lln-bench-nnunet-"))
-    phantom.write(phantom.generate(a.seed, size=a.size, slices=a.slices, n_nodes=4), work / "case")
+    phantom.write(phantom.generate(a.seed, size=a.size, slices=a.slices, spacing=a.spacing, n_nodes=4),
+                  work / "case")
     image = work / "case" / "image.nii.gz"
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), nnUNet_def_n_proc=str(a.threads),
                nnUNet_raw=str(work), nnUNet_preprocessed=str(work), nnUNet_results=str(work))
@@ -75,12 +78,23 @@ def main() -> int:
                             str(a.threads)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
         res[which] = json.loads(p.stdout.strip().splitlines()[-1])
     ref, ours = np.load(work / "nnunet.npy"), np.load(work / "llnassist.npy")
+    import SimpleITK as sitk
+
+    from LLNAssistLib.body import body_mask
+    from LLNAssistLib.nnunet.model import BODY_MARGIN_MM, _box
+
+    img = sitk.ReadImage(str(image))
+    arr = sitk.GetArrayFromImage(img)
+    box = _box(body_mask(arr), list(img.GetSpacing())[::-1], BODY_MARGIN_MM)
+    inside = np.zeros(ref.shape, bool)
+    inside[box] = True
+    outside = float((ref[~inside] > 0).sum()) / ref.size
     man = json.loads((Path(a.model) / "llnassist.json").read_text(encoding="utf-8")) \
         if (Path(a.model) / "llnassist.json").is_file() else {}
     tr = man.get("training", {})
     lines = [f"nnU-Net model {Path(a.model).name} ({tr.get('plan', '?')} plan, {tr.get('epochs', '?')} epochs x "
              f"{tr.get('iterations_per_epoch', '?')} iterations, {len(man.get('folds', []))} fold(s)); phantom "
-             f"{a.size}x{a.size}x{a.slices}; CPU, "
+             f"{a.size}x{a.size}x{a.slices}" + (f" at {a.spacing} mm" if a.spacing else "") + "; CPU, "
              f"{a.threads} threads; {time.strftime('%Y-%m-%d')}", "",
              f"{'run':<28} {'load s':>7} {'predict s':>10} {'peak MB':>8}"]
     for which, name in (("nnunet", "nnUNetPredictor (nnU-Net 2.6.0)"), ("llnassist", "LLNAssist nnunet.model")):
@@ -88,8 +102,10 @@ def main() -> int:
         lines.append(f"{name:<28} {r['load_s']:>7.2f} {r['predict_s']:>10.2f} {r['peak_mb']:>8.0f}")
     ratio = res["nnunet"]["predict_s"] / res["llnassist"]["predict_s"]
     lines += ["", f"speed-up (nnU-Net time / LLNAssist time): {ratio:.2f}x; body crop used: "
-              f"{res['llnassist']['cropped']} (fallback to the whole image: {res['llnassist']['fallback']})",
-              f"voxel agreement: {(ref == ours).mean():.5f}; foreground voxels nnU-Net {(ref > 0).mean():.4f}, "
+              f"{res['llnassist']['cropped']} (model calls foreground at the box edge: {res['llnassist']['edge']})",
+              f"voxel agreement: {(ref == ours).mean():.5f} (inside the body box: "
+              f"{(ref[box] == ours[box]).mean():.5f}); "
+              f"foreground voxels nnU-Net {(ref > 0).mean():.4f} (outside the box {outside:.4f}), "
               f"LLNAssist {(ours > 0).mean():.4f}"]
     for v in range(1, 6):
         x, y = ref == v, ours == v

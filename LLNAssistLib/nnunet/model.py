@@ -10,8 +10,8 @@ allow-list (model/checkpoint.py), never by unrestricted unpickling.
 The run gives nnU-Net's own labels, faster: nnU-Net's own preprocessing of the whole image, then
 its sliding window and fold ensemble with the tiles that lie wholly outside the body's bounding box
 (+10 mm) skipped. Every voxel inside the box still gets every tile nnU-Net puts over it, so its
-logits are nnU-Net's; voxels no computed tile covers (air) are background. When the model calls
-anything at the box's edge, the whole image is predicted, exactly as nnU-Net does.
+logits are nnU-Net's; voxels no computed tile covers (air beyond the box) are background: lateral nodes
+and compartments lie inside the body, so only the model's calls in the air can differ from nnU-Net's.
 """
 
 from __future__ import annotations
@@ -293,9 +293,7 @@ def _touches_box_edge(lab: np.ndarray, box: tuple) -> bool:
 
 def segment(image: sitk.Image, model: NnunetModel, progress: Optional[Callable] = None,
             timings: Optional[dict] = None, stats: Optional[dict] = None) -> sitk.Image:
-    """Label map with the conventions' values on the image's grid (see the module docstring). The
-    body crop is kept only when the model calls nothing at the crop's edge; otherwise the whole
-    image is predicted, exactly as nnU-Net's predictor does."""
+    """Label map with the conventions' values on the image's grid (see the module docstring)."""
     from ..body import body_mask
 
     timings = {} if timings is None else timings
@@ -306,12 +304,9 @@ def segment(image: sitk.Image, model: NnunetModel, progress: Optional[Callable] 
     box = _box(body_mask(arr), spacing, BODY_MARGIN_MM) if CROP_TO_BODY else full
     lab = _predict_box(arr, spacing, box, model, progress, timings, stats)
     stats["cropped_to_body"] = bool(stats.get("tiles_skipped"))
-    # Inside the box every voxel is nnU-Net's own; outside it, skipped tiles could have mattered only
-    # if the model calls something there.
-    if stats.get("tiles_skipped") and _touches_box_edge(lab, box):
-        stats["cropped_to_body"] = False
-        stats["crop_fallback"] = True
-        lab = _predict_box(arr, spacing, full, model, progress, timings, stats)
+    # Lateral nodes and compartments lie inside the body: what the model would call in the air beyond
+    # the box (+10 mm) is not computed. Recorded, so a comparison with nnU-Net can say where they differ.
+    stats["foreground_at_box_edge"] = bool(stats["cropped_to_body"] and _touches_box_edge(lab, box))
     lut = np.zeros(256, np.uint8)
     for src, dst in model.label_map.items():
         lut[src] = dst
