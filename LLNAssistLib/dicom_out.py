@@ -50,29 +50,44 @@ def read_headers(files: list) -> list:
     return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
 
 
-def headers_for_grid(files: list, image: sitk.Image) -> list:
-    """The headers of `files` (one series, any order) in the image's slice order, refused unless
-    they are exactly its slices (count, rows, columns, positions along its normal)."""
-    from .errors import InputError
-
-    headers = read_headers(files)
-    size = image.GetSize()
-    d = np.array(image.GetDirection()).reshape(3, 3)
-    normal, origin = d[:, 2], np.array(image.GetOrigin())
-    spacing_k = image.GetSpacing()[2]
+def _on_grid(headers: list, image: sitk.Image, normal_tol_mm: float) -> Optional[list]:
+    """`headers` in the image's slice order when they are exactly its slices (count, rows, columns,
+    pixel spacing, orientation within 1e-4, each position within 1e-2 mm in-plane and `normal_tol_mm`
+    along the normal); None otherwise. Headers alone: no pixel data is read."""
+    size, spacing = image.GetSize(), np.array(image.GetSpacing())
+    d, origin = np.array(image.GetDirection()).reshape(3, 3), np.array(image.GetOrigin())
+    if len(headers) != size[2]:
+        return None
     by_k = {}
     for h in headers:
         try:
             pos = np.array([float(v) for v in h.ImagePositionPatient])
+            iop = np.array([float(v) for v in h.ImageOrientationPatient])
+            row_mm, col_mm = (float(v) for v in h.PixelSpacing)
+            rows, cols = int(h.Rows), int(h.Columns)
         except (AttributeError, TypeError, ValueError):
-            continue
-        k = float((pos - origin) @ normal) / spacing_k
-        if abs(k - round(k)) < 0.05 and int(h.Rows) == size[1] and int(h.Columns) == size[0]:
-            by_k[int(round(k))] = h
-    if sorted(by_k) != list(range(size[2])):
+            return None
+        if (rows, cols) != (size[1], size[0]) or not np.allclose([col_mm, row_mm], spacing[:2], atol=1e-3) or \
+                not np.allclose(iop, np.concatenate([d[:, 0], d[:, 1]]), atol=1e-4):
+            return None
+        offset = d.T @ (pos - origin)  # in the image's axes, mm
+        k = int(round(offset[2] / spacing[2]))
+        if np.abs(offset[:2]).max() > 1e-2 or abs(offset[2] - k * spacing[2]) > normal_tol_mm:
+            return None
+        by_k[k] = h
+    return [by_k[k] for k in range(size[2])] if sorted(by_k) == list(range(size[2])) else None
+
+
+def headers_for_grid(files: list, image: sitk.Image) -> list:
+    """The headers of `files` (one series, any order) in the image's slice order, refused unless
+    they are exactly its slices (positions along the normal within 5 % of a slice)."""
+    headers = read_headers(files)
+    ordered = _on_grid(headers, image, 0.05 * image.GetSpacing()[2])
+    if ordered is None:
+        size = image.GetSize()
         raise InputError(f"the DICOM series ({len(headers)} images) is not the volume's grid ({size[2]} slices of "
                          f"{size[0]}x{size[1]}); load the volume from that series")
-    return [by_k[k] for k in range(size[2])]
+    return ordered
 
 
 def reference_headers(series_dir, image: sitk.Image) -> list:
@@ -84,15 +99,12 @@ def reference_headers(series_dir, image: sitk.Image) -> list:
     if not path.exists() or not dicomseries.is_dicom_input(path):
         raise InputError(f"--dicom-reference {path}: not a DICOM folder, DICOMDIR or .zip; give the series the "
                          "image was made from")
-    size, spacing = image.GetSize(), np.array(image.GetSpacing())
+    size = image.GetSize()
     for s in dicomseries.scan(dicomseries.dicom_root(path)):
-        if len(s.files) != size[2]:
-            continue
-        ref = dicomseries.read_series(s)
-        if ref.GetSize() == size and np.allclose(ref.GetSpacing(), spacing, atol=1e-3) and \
-                np.allclose(ref.GetOrigin(), image.GetOrigin(), atol=1e-2) and \
-                np.allclose(ref.GetDirection(), image.GetDirection(), atol=1e-4):
-            return read_headers(s.files)
+        if len(s.files) == size[2]:
+            ordered = _on_grid(read_headers(s.files), image, 1e-2)
+            if ordered is not None:
+                return ordered
     raise InputError(f"--dicom-reference {path}: no series there has the image's grid (size {size}, spacing, origin "
                      "and direction); give the series the image was made from")
 
@@ -230,11 +242,7 @@ def build_sr(result, headers: list, seg, tracking: dict):
             observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
                 uid=hd.UID(), name=f"LLNAssist {model.get('id', '')}"[:64], manufacturer_name="LLNAssist",
                 model_name=str(model.get("id", ""))[:64])))
-    segment_of = {int(d.SegmentNumber): d for d in seg.SegmentSequence}
-    number_of_node = {}
-    for num, d in segment_of.items():
-        if "TrackingID" in d:
-            number_of_node[d.TrackingID] = num
+    number_of_node = {d.TrackingID: int(d.SegmentNumber) for d in seg.SegmentSequence if "TrackingID" in d}
     groups = []
     for n in result.nodes:
         row = n.row()

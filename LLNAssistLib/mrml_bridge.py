@@ -248,6 +248,15 @@ def _mask_hash(mask: np.ndarray) -> str:
     return hashlib.sha1(np.packbits(mask.astype(bool)).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
 
 
+def _provenance(segment, mask: np.ndarray) -> str:
+    """How a node segment was made: a model segment whose mask the user changed is semi-automatic;
+    one without LLNAssist's provenance tag was drawn (manual)."""
+    prov = _tag(segment, C.TAG_PROVENANCE) or C.PROVENANCE_MANUAL
+    if prov == C.PROVENANCE_AUTOMATIC and _tag(segment, C.TAG_MASK_HASH) not in ("", _mask_hash(mask)):
+        prov = C.PROVENANCE_SEMI_AUTOMATIC
+    return prov
+
+
 # --- segments ---------------------------------------------------------------------------------------
 def _tag(segment, name: str) -> str:
     value = vtk.reference("")
@@ -534,9 +543,7 @@ def recompute(scene, volume_node, seg_node, post_treatment: bool = False, radiom
             continue  # an emptied segment is a deleted node
         masks[k] = mask
         instances[mask] = k
-        prov = _tag(seg, C.TAG_PROVENANCE) or C.PROVENANCE_MANUAL
-        if prov == C.PROVENANCE_AUTOMATIC and _tag(seg, C.TAG_MASK_HASH) not in ("", _mask_hash(mask)):
-            prov = C.PROVENANCE_SEMI_AUTOMATIC
+        prov = _provenance(seg, mask)
         old_id = _tag(seg, C.TAG_NODE_ID)
         info[k] = {"segment_id": sid, "provenance": prov, "status": _tag(seg, C.TAG_STATUS) or None,
                    "source": _tag(seg, C.TAG_STATUS_SOURCE), "old_id": int(old_id) if old_id.isdigit() else None}
@@ -748,10 +755,7 @@ def scene_result(scene, volume_node, seg_node, reader: Optional[str] = None, pos
         instances[mask], masks[k] = k, mask
         statuses[k] = _tag(seg, C.TAG_STATUS) or None
         ids[k] = _tag(seg, C.TAG_NODE_ID)
-        p = _tag(seg, C.TAG_PROVENANCE) or C.PROVENANCE_MANUAL
-        if p == C.PROVENANCE_AUTOMATIC and _tag(seg, C.TAG_MASK_HASH) not in ("", _mask_hash(mask)):
-            p = C.PROVENANCE_SEMI_AUTOMATIC
-        prov[k] = p
+        prov[k] = _provenance(seg, mask)
     if any(not ids[k].isdigit() or not statuses[k] for k in ids):
         raise InputError("a node segment has no LLNAssist id or status yet; press Recompute first")
 
