@@ -212,16 +212,17 @@ def _tile_meets_box(tile: tuple, box: tuple) -> bool:
     return True
 
 
-def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel, progress, timings: dict,
-                 stats: dict) -> np.ndarray:
-    """nnU-Net's labels (its own values) on the raw (z, y, x) array, tiles computed only where they
-    meet `box` (the whole image when `box` covers it); outside every computed tile: background."""
+def _box_logits(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel, progress, timings: dict,
+                stats: dict):
+    """nnU-Net's logits resampled back to the image's spacing, on its crop to non-zero (in nnU-Net's
+    axis order), tiles computed only where they meet `box` (the whole image when `box` covers it);
+    outside every computed tile: background. Returns (logits, the crop's bounds)."""
     import torch
     from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
     pred, pm = model.predictor, model.predictor.plans_manager
-    cm, lm = pred.configuration_manager, pred.label_manager
+    cm = pred.configuration_manager
     t0 = time.perf_counter()
     tf = pm.transpose_forward
     data = arr[None].transpose([0, *[i + 1 for i in tf]])
@@ -264,6 +265,19 @@ def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel,
     timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - t1
     t2 = time.perf_counter()
     logits = torch.as_tensor(cm.resampling_fn_probabilities(logits, cropped_shape, target, sp_t))
+    timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t2
+    return logits, bbox
+
+
+def _predict_box(arr: np.ndarray, spacing: list, box: tuple, model: NnunetModel, progress, timings: dict,
+                 stats: dict) -> np.ndarray:
+    """nnU-Net's labels (its own values) on the raw (z, y, x) array (see `_box_logits`)."""
+    import torch
+
+    pm, lm = model.predictor.plans_manager, model.predictor.label_manager
+    tf = pm.transpose_forward
+    logits, bbox = _box_logits(arr, spacing, box, model, progress, timings, stats)
+    t2 = time.perf_counter()
     lab_sub = lm.convert_logits_to_segmentation(logits)
     lab_sub = lab_sub.cpu().numpy() if isinstance(lab_sub, torch.Tensor) else np.asarray(lab_sub)
     fg = torch.as_tensor(lab_sub > 0)
