@@ -193,8 +193,9 @@ def test_installed_models_are_listed_run_by_id_and_held_to_their_checksums(site_
 
 
 def test_skipped_tiles_leave_every_voxel_in_the_box_as_nnunet_computes_it(site_model):
-    """The speed-up's mechanism: tiles wholly outside the box are not computed, and inside the box
-    the logits are those of the full sliding window (every voxel keeps every tile over it).
+    """The body box: tiles wholly outside it are not computed, and inside it the logits are those
+    of the full sliding window (every voxel keeps every tile over it); when the model calls
+    foreground at the box's edge, the tiles beyond are added and every voxel is nnU-Net's.
 
     Compared within nnU-Net's own run-to-run spread: on the CPU two identical runs of its sliding
     window differ by a few float16 steps (it accumulates logits in half precision), which flips the
@@ -210,9 +211,9 @@ def test_skipped_tiles_leave_every_voxel_in_the_box_as_nnunet_computes_it(site_m
     full = tuple(slice(0, n) for n in arr.shape)
     box = (full[0], slice(0, arr.shape[1] // 8), slice(0, arr.shape[2] // 2))  # a corner
     stats = {}
-    part, bbox = M._box_logits(arr, spacing, box, m, None, {}, stats)
+    part, bbox = M._box_logits(arr, spacing, box, m, None, {}, stats, complete=False)
     whole, bbox_w = M._box_logits(arr, spacing, full, m, None, {}, {})
-    assert stats["tiles_skipped"] > 0 and bbox == bbox_w
+    assert stats["tiles_skipped"] > 0 and not stats["completed_beyond_box"] and bbox == bbox_w
     tf = m.predictor.plans_manager.transpose_forward
     inside = (slice(None), *[slice(max(box[a].start, lo) - lo, min(box[a].stop, hi) - lo)
                              for a, (lo, hi) in zip(tf, bbox)])
@@ -225,3 +226,37 @@ def test_skipped_tiles_leave_every_voxel_in_the_box_as_nnunet_computes_it(site_m
     # the far corner, beyond every computed tile, is background; the whole image's run calls foreground there
     far = (slice(None), *[slice(n // 2, n) if k else slice(None) for k, n in enumerate(part.shape[1:])])
     assert bool((part[far].argmax(0) == 0).all()) and bool((whole[far].argmax(0) > 0).any())
+    # this model calls foreground on the corner box's edge: a normal run computes the other tiles too,
+    # and then every voxel has nnU-Net's logits
+    stats = {}
+    completed, _ = M._box_logits(arr, spacing, box, m, None, {}, stats)
+    assert stats["completed_beyond_box"] and stats["tiles_skipped"] == 0
+    assert float((completed - whole).abs().max()) <= tol
+    top2 = whole.float().topk(2, dim=0).values
+    decided = (top2[0] - top2[1]) > tol
+    assert bool((completed.argmax(0) == whole.argmax(0))[decided].all())
+
+
+@pytest.mark.parametrize("old,new,current,target,order", [
+    ((28, 206, 206), (32, 384, 384), [3.57, 1.2, 1.2], [3.03, 0.64, 0.64], 1),  # anisotropic: nearest across slices
+    ((40, 30, 12), (44, 33, 40), [1.0, 1.0, 4.0], [0.9, 0.9, 1.2], 1),  # the thick axis last
+    ((20, 50, 60), (17, 33, 90), [1.0, 1.0, 1.0], [1.2, 1.5, 0.66], 1),  # isotropic: linear in 3D, down and up
+    ((12, 40, 40), (14, 50, 50), [3.0, 1.0, 1.0], [2.5, 0.8, 0.8], 3),  # not nnU-Net's default: its own function
+])
+def test_logits_resample_as_nnunets_own_function(old, new, current, target, order):
+    """The logits' resampling against nnU-Net's resample_data_or_seg_to_shape with the kwargs its
+    planner writes for probabilities: equal to float16 rounding (both return float16)."""
+    import torch
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    from LLNAssistLib.nnunet.model import _resample_logits
+
+    kw = {"is_seg": False, "order": order, "order_z": 0, "force_separate_z": None}
+    cm = ConfigurationManager({"architecture": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                               "resampling_fn_probabilities_kwargs": kw})
+    logits = torch.from_numpy(np.random.default_rng(7).normal(0, 5, (6, *old)).astype(np.float16))
+    ref = torch.as_tensor(resample_data_or_seg_to_shape(logits, new, current, target, **kw))
+    ours = _resample_logits(logits, new, current, target, cm)
+    assert ours.shape == ref.shape == (6, *new) and ours.dtype == torch.half
+    assert torch.allclose(ours.float(), ref.float(), rtol=2 ** -9, atol=2 ** -9)

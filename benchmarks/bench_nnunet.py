@@ -39,6 +39,7 @@ if which == "nnunet":
 else:
     from pathlib import Path
     from LLNAssistLib.nnunet import model as NM
+    NM.CROP_TO_BODY = which == "llnassist"  # "llnassist-whole": every tile, as nnU-Net
     m = NM.load(Path(model), "cpu")
     t1 = time.perf_counter()
     stats = {}
@@ -47,8 +48,12 @@ t2 = time.perf_counter()
 np.save(out, seg.astype(np.uint8))
 print(json.dumps({"load_s": t1 - t0, "predict_s": t2 - t1,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "cropped": stats.get("cropped_to_body"), "edge": stats.get("foreground_at_box_edge", False)}))
+                  "cropped": stats.get("cropped_to_body"), "completed": stats.get("completed_beyond_box", False)}))
 '''
+
+
+RUNS = {"nnunet": "nnUNetPredictor (nnU-Net 2.6.0)", "llnassist-whole": "LLNAssist, every tile",
+        "llnassist": "LLNAssist, body box (default)"}
 
 
 def main() -> int:
@@ -73,11 +78,11 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), nnUNet_def_n_proc=str(a.threads),
                nnUNet_raw=str(work), nnUNet_preprocessed=str(work), nnUNet_results=str(work))
     res = {}
-    for which in ("nnunet", "llnassist"):
+    for which in RUNS:
         p = subprocess.run([sys.executable, "-c", _RUN, which, a.model, str(image), str(work / f"{which}.npy"),
                             str(a.threads)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
         res[which] = json.loads(p.stdout.strip().splitlines()[-1])
-    ref, ours = np.load(work / "nnunet.npy"), np.load(work / "llnassist.npy")
+    ref = np.load(work / "nnunet.npy")
     import SimpleITK as sitk
 
     from LLNAssistLib.body import body_mask
@@ -95,22 +100,21 @@ def main() -> int:
     lines = [f"nnU-Net model {Path(a.model).name} ({tr.get('plan', '?')} plan, {tr.get('epochs', '?')} epochs x "
              f"{tr.get('iterations_per_epoch', '?')} iterations, {len(man.get('folds', []))} fold(s)); phantom "
              f"{a.size}x{a.size}x{a.slices}" + (f" at {a.spacing} mm" if a.spacing else "") + "; CPU, "
-             f"{a.threads} threads; {time.strftime('%Y-%m-%d')}", "",
-             f"{'run':<28} {'load s':>7} {'predict s':>10} {'peak MB':>8}"]
-    for which, name in (("nnunet", "nnUNetPredictor (nnU-Net 2.6.0)"), ("llnassist", "LLNAssist nnunet.model")):
-        r = res[which]
-        lines.append(f"{name:<28} {r['load_s']:>7.2f} {r['predict_s']:>10.2f} {r['peak_mb']:>8.0f}")
-    ratio = res["nnunet"]["predict_s"] / res["llnassist"]["predict_s"]
-    lines += ["", f"speed-up (nnU-Net time / LLNAssist time): {ratio:.2f}x; body crop used: "
-              f"{res['llnassist']['cropped']} (model calls foreground at the box edge: {res['llnassist']['edge']})",
-              f"voxel agreement: {(ref == ours).mean():.5f} (inside the body box: "
-              f"{(ref[box] == ours[box]).mean():.5f}); "
-              f"foreground voxels nnU-Net {(ref > 0).mean():.4f} (outside the box {outside:.4f}), "
-              f"LLNAssist {(ours > 0).mean():.4f}"]
-    for v in range(1, 6):
-        x, y = ref == v, ours == v
-        if x.any() or y.any():
-            lines.append(f"  label {v}: Dice between the two {2 * (x & y).sum() / (x.sum() + y.sum()):.4f}")
+             f"{a.threads} threads; {time.strftime('%Y-%m-%d')}; nnU-Net's foreground: {(ref > 0).mean():.4f} "
+             f"of the voxels, {outside:.4f} outside the body box (+{BODY_MARGIN_MM:.0f} mm)", "",
+             f"{'run':<31} {'load s':>7} {'predict s':>10} {'peak MB':>8} {'speed-up':>9} {'agreement':>10} "
+             f"{'in box':>8}  min label Dice"]
+    for which, name in RUNS.items():
+        r, ours = res[which], np.load(work / f"{which}.npy")
+        dice = [2 * ((ref == v) & (ours == v)).sum() / max(1, (ref == v).sum() + (ours == v).sum())
+                for v in range(1, 6) if (ref == v).any() or (ours == v).any()]
+        lines.append(f"{name:<31} {r['load_s']:>7.2f} {r['predict_s']:>10.2f} {r['peak_mb']:>8.0f} "
+                     f"{res['nnunet']['predict_s'] / r['predict_s']:>8.2f}x {(ref == ours).mean():>10.5f} "
+                     f"{(ref[box] == ours[box]).mean():>8.5f}  {min(dice):.4f}")
+    lines += ["", "speed-up: nnU-Net's predict time / the run's; agreement: voxels with nnU-Net's label (in box: "
+              "inside the body box); body box: tiles skipped " + str(res["llnassist"]["cropped"])
+              + f", the model called foreground at its edge so the tiles beyond were added: "
+              f"{res['llnassist']['completed']}"]
     text = "\n".join(lines)
     print(text)
     Path(a.out).write_text(text + "\n", encoding="utf-8")
