@@ -36,7 +36,14 @@ def _progress(quiet: bool):
 def cmd_phantom(a) -> int:
     from . import phantom
 
-    ph = phantom.generate(a.seed, size=a.size, slices=a.slices, n_nodes=a.nodes)
+    for name, value, lo, hi in (("--size", a.size, 64, 1024), ("--slices", a.slices, 5, 200),
+                                ("--nodes", a.nodes, 0, 40)):
+        if value is not None and not lo <= value <= hi:
+            raise InputError(f"{name} {value} is outside what a phantom can have: give {lo}-{hi}")
+    if a.spacing is not None and not 0.2 <= a.spacing <= 5.0:
+        raise InputError(f"--spacing {a.spacing} mm is not an MRI pixel size: give 0.2-5 mm (1.3 mm with --size 384 "
+                         "is a 500 mm field of view)")
+    ph = phantom.generate(a.seed, size=a.size, slices=a.slices, spacing=a.spacing, n_nodes=a.nodes)
     phantom.write(ph, a.out, dicom=a.dicom, seed=a.seed)
     t = ph.truth
     print(f"phantom seed {a.seed}: {ph.image.shape[2]}x{ph.image.shape[1]}x{ph.image.shape[0]} voxels, "
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, help="in-plane matrix (default: random 320-450)")
     s.add_argument("--slices", type=int, help="number of slices (default: random 24-40)")
     s.add_argument("--nodes", type=int, help="number of nodes (default: random 0-6)")
+    s.add_argument("--spacing", type=float, metavar="MM", help="in-plane pixel size (default: random, the field of "
+                   "view 240 mm or more); a large one leaves air around the body")
     s.add_argument("--dicom", action="store_true", help="also write the image as a DICOM MR series in dicom/")
     s.set_defaults(func=cmd_phantom)
 

@@ -69,3 +69,25 @@ def test_cli_writes_case(tmp_path):
     keys = {"node_id", "centroid_r", "centroid_a", "centroid_s", "region", "side", "status", "short_axis_mm",
             "long_axis_mm"}
     assert all(keys <= set(n) for n in t["nodes"]) and t["patient_status"] in ("positive", "negative")
+
+
+def test_a_large_pixel_size_leaves_air_around_the_body(tmp_path):
+    """`phantom --spacing` (used to train and benchmark a site model on a wide field of view): the
+    pixel size is the one asked for and the body stays clear of the image's edges. A pixel size no
+    MRI has, or a size the generator cannot draw (it used to end in an internal error), exits 2."""
+    import SimpleITK as sitk
+
+    from LLNAssistLib.body import body_mask
+
+    run_cli("phantom", "--seed", 921001, "--out", tmp_path / "p", "--size", 320, "--slices", 16, "--spacing", 1.3,
+            check_rc=0)
+    img = sitk.ReadImage(str(tmp_path / "p" / "image.nii.gz"))
+    assert img.GetSpacing()[:2] == pytest.approx((1.3, 1.3))
+    body = body_mask(sitk.GetArrayFromImage(img))
+    rows, cols = np.flatnonzero(body.any((0, 2))), np.flatnonzero(body.any((0, 1)))
+    margin_mm = 1.3 * min(rows[0], cols[0], 319 - rows[-1], 319 - cols[-1])
+    assert margin_mm > 20  # a 416 mm field of view; the phantom's body is at most 344 mm wide
+    for bad, says in ((("--spacing", 0), "not an MRI pixel size"), (("--slices", 4), "give 5-200"),
+                      (("--size", 0), "give 64-1024"), (("--nodes", -1), "give 0-40")):
+        p = run_cli("phantom", "--seed", 1, "--out", tmp_path / "bad", *bad, check_rc=2)
+        assert says in p.stderr and "Traceback" not in p.stderr and not (tmp_path / "bad").exists()
