@@ -460,28 +460,31 @@ class LLNAssistWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
                 mrml_bridge.save_mrb(slicer.mrmlScene, path)
 
+    def _askReaderId(self, title, label):
+        """The reader id typed into a dialog (the parameter node's as default), or None when cancelled or blank."""
+        reader = qt.QInputDialog.getText(None, title, label, qt.QLineEdit.Normal, self._parameterNode.readerId)
+        return reader.strip() if reader and reader.strip() else None
+
     def onSaveReviewed(self):
         p = self._parameterNode
-        reader = qt.QInputDialog.getText(None, "Save as reviewed", "Reviewed by (your reader id):",
-                                         qt.QLineEdit.Normal, p.readerId)
-        if not reader or not reader.strip():
+        reader = self._askReaderId("Save as reviewed", "Reviewed by (your reader id):")
+        if not reader:
             return
         folder = qt.QFileDialog.getExistingDirectory(None, "Folder for the reviewed case")
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Could not save the reviewed case.", waitCursor=True):
-            saved = self.logic.saveReviewedCase(p, folder, reader.strip())
+            saved = self.logic.saveReviewedCase(p, folder, reader)
             slicer.util.infoDisplay(f"Saved as reviewed by {saved['reviewed_by']}:\n{saved['mrb']}\n{saved['labels']}\n"
                                     "List it in the CASES.csv of `llnassist dataset export`.")
 
     def onExportDicom(self):
         p = self._parameterNode
-        reader = qt.QInputDialog.getText(None, "Export to DICOM", "Corrected and confirmed by (your reader id):",
-                                         qt.QLineEdit.Normal, p.readerId)
-        if not reader or not reader.strip():
+        reader = self._askReaderId("Export to DICOM", "Corrected and confirmed by (your reader id):")
+        if not reader:
             return
         with slicer.util.tryWithErrorDisplay("Could not export the result to DICOM.", waitCursor=True):
-            info = self.logic.exportDicom(p, reader.strip())
+            info = self.logic.exportDicom(p, reader)
             slicer.util.infoDisplay(f"SEG ({info['seg']['segments']} segments) and structured report added to the "
                                     "DICOM database. Send them to PACS from the DICOM module.")
 
