@@ -55,6 +55,15 @@ def read_cases(source: str, dicomweb: Optional[str] = None) -> list[dict]:
                 c["image"] = str(path.parent / c["image"])
     if not cases:
         raise InputError(f"{source} holds no cases; give a CSV with case_id,image or a folder of cases")
+    _check_case_ids(source, cases)
+    for n, c in enumerate(cases, start=2):
+        if not c.get("image"):
+            raise InputError(f"{source} row {n}: case {c['case_id']} has no image")
+    return cases
+
+
+def _check_case_ids(source: str, cases: list[dict]) -> None:
+    """Each case_id names the case's output folder: a safe name, used once."""
     seen = set()
     for n, c in enumerate(cases, start=2):
         if not _SAFE_ID.match(c["case_id"]):
@@ -63,9 +72,6 @@ def read_cases(source: str, dicomweb: Optional[str] = None) -> list[dict]:
         if c["case_id"] in seen:
             raise InputError(f"{source} row {n}: case_id {c['case_id']!r} appears twice; case ids must be unique")
         seen.add(c["case_id"])
-        if not c.get("image"):
-            raise InputError(f"{source} row {n}: case {c['case_id']} has no image")
-    return cases
 
 
 def _dicomweb_cases(source: str, url: str) -> list[dict]:
@@ -86,10 +92,7 @@ def _dicomweb_cases(source: str, url: str) -> list[dict]:
         if not re.match(r"^[0-9][0-9.]{0,63}$", uid):
             raise InputError(f"{source} row {n}: {uid!r} is not a Study Instance UID")
         cases.append({**r, "case_id": (r.get("case_id") or "").strip() or uid, "study_uid": uid})
-    ids = [c["case_id"] for c in cases]
-    bad = next((i for i in ids if not _SAFE_ID.match(i) or ids.count(i) > 1), None)
-    if bad:
-        raise InputError(f"{source}: case_id {bad!r} is repeated or not a safe folder name")
+    _check_case_ids(source, cases)
     return cases
 
 

@@ -75,6 +75,13 @@ def slice_names(result) -> dict:
     return out
 
 
+def _cached_slice_names(result) -> dict:
+    """slice_names, computed once per result (the tables and the report both show them)."""
+    if "slice_names" not in result.extra:
+        result.extra["slice_names"] = slice_names(result)
+    return result.extra["slice_names"]
+
+
 def segment_specs(result) -> tuple:
     """(segment specs, segment-id volume on the input grid): one segment per compartment and side
     and per node; shared by the .seg.nrrd and the DICOM SEG."""
@@ -101,7 +108,7 @@ def write_labelmap(result, folder: Path) -> None:
 
 def write_tables(result, folder: Path) -> None:
     (folder / "nodes.csv").write_text(nodes_csv(result.nodes, result.notice), encoding="utf-8")
-    names = result.extra.setdefault("slice_names", slice_names(result))
+    names = _cached_slice_names(result)
     details = [{**node_details(n, result.image_canon), "key_image": names[n.node_id]} for n in result.nodes]
     (folder / "nodes.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
 
@@ -120,7 +127,7 @@ def write_report(result, folder: Path, rendered: Optional[tuple] = None) -> None
     images, overview = {}, None
     if rendered is not None:
         images, overview, result.summary["key_image_renderer"] = rendered
-    names = result.extra.setdefault("slice_names", slice_names(result))
+    names = _cached_slice_names(result)
     (folder / "report.html").write_text(report.build_html(result.summary, result.nodes, images, overview, names),
                                         encoding="utf-8")
 
